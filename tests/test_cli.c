@@ -1,0 +1,215 @@
+/* test_cli: fedprof-client as a user runs it: every command's happy path on synthetic data,
+ * and bad flags, files and ids rejected with a clear message and a non-zero exit, never a crash. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <stdint.h>
+#include <cmocka.h>
+
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/wait.h>
+#include <unistd.h>
+
+static char tmpdir[256];
+static const char *bin;
+static char out_buf[1 << 16], err_buf[1 << 16];
+
+static void slurp(const char *path, char *buf, size_t n)
+{
+    buf[0] = '\0';
+    FILE *f = fopen(path, "rb");
+    if (!f)
+        return;
+    size_t k = fread(buf, 1, n - 1, f);
+    buf[k] = '\0';
+    fclose(f);
+}
+
+/* Runs `bin ARGS`, captures stdout/stderr, returns the exit status (128+sig if killed). */
+static int run(const char *fmt, ...)
+{
+    char args[2048], cmd[4096], o[300], e[300];
+    va_list ap;
+    va_start(ap, fmt);
+    vsnprintf(args, sizeof args, fmt, ap);
+    va_end(ap);
+    snprintf(o, sizeof o, "%s/stdout", tmpdir);
+    snprintf(e, sizeof e, "%s/stderr", tmpdir);
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >'%s' 2>'%s' </dev/null", tmpdir, bin, args, o, e);
+    int st = system(cmd);
+    slurp(o, out_buf, sizeof out_buf);
+    slurp(e, err_buf, sizeof err_buf);
+    if (WIFSIGNALED(st))
+        return 128 + WTERMSIG(st);
+    return WEXITSTATUS(st);
+}
+
+static void write_file(const char *name, const char *text)
+{
+    char p[512];
+    snprintf(p, sizeof p, "%s/%s", tmpdir, name);
+    FILE *f = fopen(p, "wb");
+    assert_non_null(f);
+    fputs(text, f);
+    fclose(f);
+}
+
+static int setup(void **state)
+{
+    (void)state;
+    bin = getenv("FEDPROF_CLIENT");
+    if (!bin)
+        bin = FEDPROF_BINARY_DIR "/fedprof-client";
+    snprintf(tmpdir, sizeof tmpdir, "/tmp/fedprof-test-cli-XXXXXX");
+    if (!mkdtemp(tmpdir))
+        return -1;
+    /* One small trained model shared by the tests below. */
+    if (run("synth --out data.txt --users 300 --items 150 --mean-len 10 --seed 3") != 0)
+        return -1;
+    if (run("train --data data.txt --out model --epochs 3 --dim 16 --blocks 1 --maxlen 16 --batch 64 "
+            "--threads 1 --quiet --json") != 0)
+        return -1;
+    return 0;
+}
+
+static int teardown(void **state)
+{
+    (void)state;
+    char cmd[512];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", tmpdir);
+    return system(cmd) == 0 ? 0 : -1;
+}
+
+static void test_train_json(void **state)
+{
+    (void)state;
+    assert_int_equal(run("train --data data.txt --out m2 --epochs 2 --dim 16 --blocks 1 --maxlen 16 --batch 64 "
+                         "--threads 1 --quiet --json --eval-users 100"),
+                     0);
+    const char *keys[] = {"\"hr@10\"", "\"ndcg@10\"", "\"full_hr@10\"", "\"full_ndcg@10\"", "\"popularity_hr@10\"",
+                          "\"epochs\":2", "\"seconds\"", "\"seqs_per_s\"", "\"peak_rss_mb\"", "\"eval_users\":100"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++) {
+        if (!strstr(out_buf, keys[i]))
+            fail_msg("missing %s in: %s", keys[i], out_buf);
+    }
+    /* Quiet: nothing on stderr. */
+    assert_string_equal(err_buf, "");
+}
+
+static void test_train_progress_without_tty_is_one_line_per_epoch(void **state)
+{
+    (void)state;
+    assert_int_equal(run("train --data data.txt --out m3 --epochs 2 --dim 8 --blocks 1 --maxlen 8 --threads 1 "
+                         "--eval-users 50 --no-full"),
+                     0);
+    assert_non_null(strstr(err_buf, "epoch 1/2"));
+    assert_non_null(strstr(err_buf, "epoch 2/2"));
+    assert_null(strstr(err_buf, "\r")); /* no progress bar when stderr is not a TTY */
+}
+
+static void test_eval_json(void **state)
+{
+    (void)state;
+    assert_int_equal(run("eval --model model/model.safetensors --data data.txt --json --quiet --threads 1"), 0);
+    assert_non_null(strstr(out_buf, "\"ndcg@10\""));
+    assert_non_null(strstr(out_buf, "\"popularity_full_hr@10\""));
+}
+
+static void test_embed_npy(void **state)
+{
+    (void)state;
+    assert_int_equal(run("embed --model model/model.safetensors --data data.txt --out prof.npy --json --threads 1"), 0);
+    assert_non_null(strstr(out_buf, "\"users\":300"));
+    char p[512];
+    snprintf(p, sizeof p, "%s/prof.npy", tmpdir);
+    FILE *f = fopen(p, "rb");
+    assert_non_null(f);
+    unsigned char h[128];
+    assert_int_equal(fread(h, 1, 128, f), 128);
+    fseek(f, 0, SEEK_END);
+    long size = ftell(f);
+    fclose(f);
+    assert_memory_equal(h, "\x93NUMPY\x01\x00", 8);
+    size_t hl = h[8] | (h[9] << 8);
+    assert_int_equal((10 + hl) % 64, 0);
+    assert_non_null(strstr((char *)h + 10, "'shape': (300, 16)"));
+    assert_int_equal(size, (long)(10 + hl + 300 * 16 * 4));
+    snprintf(p, sizeof p, "%s/prof.npy.ids.txt", tmpdir);
+    slurp(p, out_buf, sizeof out_buf);
+    int lines = 0;
+    for (char *c = out_buf; *c; c++)
+        lines += *c == '\n';
+    assert_int_equal(lines, 300);
+}
+
+static void test_recommend(void **state)
+{
+    (void)state;
+    assert_int_equal(run("recommend --model model/model.safetensors --data data.txt --user 1 --k 5 --json"), 0);
+    int n = 0;
+    for (char *c = strstr(out_buf, "\"item\""); c; c = strstr(c + 1, "\"item\""))
+        n++;
+    assert_int_equal(n, 5);
+    assert_int_equal(run("recommend --model model/model.safetensors --data data.txt --user nobody"), 1);
+    assert_non_null(strstr(err_buf, "nobody"));
+}
+
+static void test_bad_flags(void **state)
+{
+    (void)state;
+    assert_int_equal(run(""), 2);
+    assert_int_equal(run("frobnicate"), 2);
+    assert_int_equal(run("train --help"), 0);
+    assert_non_null(strstr(out_buf, "--resume"));
+    assert_int_equal(run("train --data data.txt"), 2);
+    assert_int_equal(run("train --data data.txt --out x --epochs abc"), 1);
+    assert_non_null(strstr(err_buf, "--epochs"));
+    assert_int_equal(run("train --data data.txt --out x --epochs 5x"), 1);
+    assert_int_equal(run("train --data data.txt --out x --dropout 1.5"), 1);
+    assert_int_equal(run("train --data data.txt --out x --threads 0"), 1);
+    assert_int_equal(run("train --data data.txt --out x --bogus 1"), 1);
+    assert_non_null(strstr(err_buf, "--bogus"));
+    assert_int_equal(run("train --data data.txt --out x --epochs 1 --epochs 2"), 1);
+    assert_int_equal(run("train --data data.txt --out x --dim"), 1);
+    assert_int_equal(run("train --data data.txt --out x --dim 10 --heads 3"), 1);
+    assert_int_equal(run("train --data data.txt --out x --loss hinge"), 2);
+    assert_int_equal(run("train --data data.txt --out x --seed -1"), 1);
+    assert_int_equal(run("embed --model model/model.safetensors --data data.txt"), 2);
+}
+
+static void test_bad_files(void **state)
+{
+    (void)state;
+    assert_int_equal(run("train --data missing.txt --out x --epochs 1"), 1);
+    assert_non_null(strstr(err_buf, "missing.txt"));
+    write_file("bad.txt", "1 2\n1 x\n");
+    assert_int_equal(run("train --data bad.txt --out x --epochs 1"), 1);
+    assert_non_null(strstr(err_buf, "bad.txt"));
+    write_file("bad.yaml", "model:\n  dim: fifty\n");
+    assert_int_equal(run("train --data data.txt --config bad.yaml --out x --epochs 1"), 1);
+    assert_non_null(strstr(err_buf, "bad.yaml"));
+    write_file("notamodel.safetensors", "this is not a safetensors file at all");
+    assert_int_equal(run("eval --model notamodel.safetensors --data data.txt"), 1);
+    assert_int_equal(run("embed --model notamodel.safetensors --data data.txt --out p.npy"), 1);
+    assert_int_equal(run("eval --model nothere.safetensors --data data.txt"), 1);
+    /* Data whose items the model has never seen: nothing to evaluate, a clear error or zero users. */
+    write_file("strangers.txt", "a 9991\na 9992\na 9993\n");
+    int rc = run("eval --model model/model.safetensors --data strangers.txt");
+    assert_true(rc == 0 || rc == 1);
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_train_json),
+        cmocka_unit_test(test_train_progress_without_tty_is_one_line_per_epoch),
+        cmocka_unit_test(test_eval_json),
+        cmocka_unit_test(test_embed_npy),
+        cmocka_unit_test(test_recommend),
+        cmocka_unit_test(test_bad_flags),
+        cmocka_unit_test(test_bad_files),
+    };
+    return cmocka_run_group_tests(tests, setup, teardown);
+}
