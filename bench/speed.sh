@@ -57,6 +57,10 @@ if [ -z "$REPS" ]; then if [ "$QUICK" = 1 ]; then REPS=2; else REPS=3; fi; fi
 "$PY" -c 'import torch, numpy' 2>/dev/null || { echo "speed.sh: $PY lacks torch/numpy" >&2; exit 1; }
 [ -n "$WORK" ] || WORK=$(mktemp -d /tmp/fedprof-bench.XXXXXX)
 mkdir -p "$WORK"
+# Snapshot the binary: a rebuild during the run must not change what is measured.
+cp "$FP" "$WORK/fedprof-client"
+FP_ORIG=$FP
+FP=$WORK/fedprof-client
 RES=$WORK/results.jsonl
 CMDS=$WORK/commands.txt
 : >"$RES"
@@ -74,7 +78,8 @@ run() {
     shift
     printf '%s\n' "$*" >>"$CMDS"
     log "$tag: $*"
-    local out
+    local out load
+    load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?")
     if ! out=$("$@" 2>"$WORK/last.stderr"); then
         echo "speed.sh: command failed ($tag): $*" >&2
         cat "$WORK/last.stderr" >&2
@@ -83,7 +88,7 @@ run() {
     local line
     line=$(grep '^{' <<<"$out" | tail -n 1 || true)
     [ -n "$line" ] || { echo "speed.sh: no JSON line from: $*" >&2; echo "$out" >&2; exit 1; }
-    printf '{"tag": "%s", "result": %s}\n' "$tag" "$line" >>"$RES"
+    printf '{"tag": "%s", "load_before": "%s", "result": %s}\n' "$tag" "$load" "$line" >>"$RES"
 }
 
 cfg_params() { # name -> users items mean_len seed maxlen dropout epochs
@@ -132,9 +137,9 @@ EOF
 done
 T_END=$(date +%s)
 
-"$PY" - "$RES" "$CMDS" "$QUICK" "$REPS" "$((T_END - T_START))" "$WORK" <<'EOF'
+"$PY" - "$RES" "$CMDS" "$QUICK" "$REPS" "$((T_END - T_START))" "$WORK" "$FP_ORIG" <<'EOF'
 import json, os, platform, statistics, subprocess, sys
-res_path, cmds_path, quick, reps, wall, work = sys.argv[1:7]
+res_path, cmds_path, quick, reps, wall, work, fp_orig = sys.argv[1:8]
 rows = [json.loads(l) for l in open(res_path) if l.strip()]
 by = {}
 for r in rows:
@@ -166,7 +171,12 @@ print(f"- torch {t.get('torch')} (torch threads {t.get('threads')}, OPENBLAS_NUM
       f"{t.get('openblas_threads')}, attention '{t.get('attn')}', MALLOC_MMAP_THRESHOLD_ "
       f"{t.get('malloc_mmap_threshold')}); fedprof --threads 2")
 print(f"- {reps} alternating runs per measurement, medians shown (all runs listed); total {wall} s")
-print(f"- work dir: {work}")
+print(f"- work dir: {work} (fedprof-client there is a copy of {fp_orig} taken at the start)")
+loads = [float(r["load_before"]) for r in rows if r.get("load_before", "?") not in ("?", "")]
+if loads:
+    print(f"- 1-min load average before each run: median {statistics.median(loads):.2f}, max {max(loads):.2f}"
+          + ("  **WARNING: other work was competing for the 2 cores; rerun on a quiet machine**"
+             if max(loads) > 2.5 else ""))
 targets = []
 for cfg in sorted({k[0] for k in by}):
     fp_tr, fp_tr_v = med(cfg, "train", "fedprof", "seqs_per_s")

@@ -284,8 +284,12 @@ fp_status fp_train_run(fp_config_t *cfg, fp_dataset_t *d, const fp_train_opts_t 
             loss_sum += loss;
             nbatch++;
             rep->sequences += rows;
-            char extra[48];
-            snprintf(extra, sizeof extra, "loss %.4f", loss_sum / (double)nbatch);
+            /* Whole-run ETA from the pace so far (epochs of this call, training time only). */
+            char extra[96];
+            double done_epochs = rep->epochs_run + (double)nbatch / (nb > 0 ? nb : 1);
+            double per_epoch = (rep->train_seconds + fp_now() - t0) / done_epochs;
+            snprintf(extra, sizeof extra, "loss %.4f  run ETA %.0fs", loss_sum / (double)nbatch,
+                     per_epoch * (cfg->train.epochs - epoch + 1 - (double)nbatch / (nb > 0 ? nb : 1)));
             fp_progress_update(&prog, nbatch, extra);
         }
         rep->train_seconds += fp_now() - t0;

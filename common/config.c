@@ -8,7 +8,8 @@
  * invalid UTF-8 are refused before libfyaml sees them, aliases, tags and multiple documents are
  * refused, scalars are typed by the YAML 1.2 core schema with quoted scalars always strings,
  * and every error names "file:line: section.key". Work happens on a copy of the config, so on
- * failure the caller's config is untouched. */
+ * failure the caller's config is untouched. Two inputs are kept away from libfyaml 0.7.12
+ * because it mishandles them (see tab_trap and scalar_text). */
 #include "common/config.h"
 
 #include <ctype.h>
@@ -413,10 +414,11 @@ static int node_line(struct fy_node *n)
     return m ? m->line + 1 : 0;
 }
 
-/* The text of a scalar. Quoted scalars whose source holds an escape (' or \\) or a line break
- * are never a valid key or value here, and libfyaml 0.7.12 leaks memory unescaping long runs of
- * '' (found by fuzzing), so for them we do not ask libfyaml: *escaped is set and the raw source
- * between the quotes is returned instead (for messages only). */
+/* The text of a scalar. A quoted scalar whose source holds an escape (a quote or a backslash)
+ * or a line break is never a valid key or value here, and libfyaml 0.7.12 leaks memory
+ * unescaping long runs of '' (found by fuzzing), so for those we do not ask libfyaml: *escaped
+ * is set and the raw source between the quotes is returned instead. It matches no name, so it
+ * ends as an "unknown key" or "expected ..." error that quotes the raw text. */
 static const char *scalar_text(const cf_ctx *x, struct fy_node *n, size_t *len, int *escaped)
 {
     *escaped = 0;
