@@ -88,6 +88,31 @@ static fp_status parse_format(const char *s, fp_data_format *f)
     return FP_OK;
 }
 
+/* Parses a command's flags, prints its help, and checks its required flags (space-separated names
+ * of string options). Returns -1 to go on, else the exit code to return. */
+static int cmd_begin(const char *cmd, int argc, char **argv, const fp_opt_t *opts, const char *usage,
+                     const char *required)
+{
+    if (fp_cli_parse(argc, argv, opts) != FP_OK)
+        return fail(cmd);
+    for (const fp_opt_t *o = opts; o->name; o++)
+        if (!strcmp(o->name, "help") && *(int *)o->dest) {
+            fputs(usage, stdout);
+            fp_cli_print_help(opts);
+            return 0;
+        }
+    for (const fp_opt_t *o = opts; o->name; o++) {
+        size_t n = strlen(o->name);
+        const char *r = strstr(required, o->name);
+        int is_required = r && (r == required || r[-1] == ' ') && (r[n] == ' ' || r[n] == '\0');
+        if (is_required && o->kind == FP_OPT_STR && !*(const char **)o->dest) {
+            fprintf(stderr, "fedprof-client %s: error: --%s is required (see --help)\n", cmd, o->name);
+            return 2;
+        }
+    }
+    return -1;
+}
+
 /* ---- train ---- */
 static int cmd_train(int argc, char **argv)
 {
@@ -126,19 +151,13 @@ static int cmd_train(int argc, char **argv)
         {"help", FP_OPT_FLAG, &help, 0, 0, NULL, "this help"},
         {NULL, 0, NULL, 0, 0, NULL, NULL},
     };
-    if (fp_cli_parse(argc, argv, opts) != FP_OK)
-        return fail("train");
-    if (help) {
-        printf("usage: fedprof-client train --data FILE --out DIR [--config FILE] [options]\n\n"
+    int rc0 = cmd_begin("train", argc, argv, opts,
+                        "usage: fedprof-client train --data FILE --out DIR [--config FILE] [options]\n\n"
                "Trains the profile encoder on one partner's data, evaluates it (leave-one-out, SASRec protocol)\n"
-               "and writes DIR/model.safetensors (+ DIR/train_state.safetensors for --resume).\n\n");
-        fp_cli_print_help(opts);
-        return 0;
-    }
-    if (!data || !out) {
-        fprintf(stderr, "fedprof-client train: error: --data and --out are required (see --help)\n");
-        return 2;
-    }
+               "and writes DIR/model.safetensors (+ DIR/train_state.safetensors for --resume).\n\n",
+                        "data out");
+    if (rc0 >= 0)
+        return rc0;
     fp_log_set_quiet(quiet);
     fp_config_t cfg;
     fp_config_defaults(&cfg);
@@ -255,19 +274,13 @@ static int cmd_eval(int argc, char **argv)
         {"help", FP_OPT_FLAG, &help, 0, 0, NULL, "this help"},
         {NULL, 0, NULL, 0, 0, NULL, NULL},
     };
-    if (fp_cli_parse(argc, argv, opts) != FP_OK)
-        return fail("eval");
-    if (help) {
-        printf("usage: fedprof-client eval --model FILE --data FILE [options]\n\n"
+    int rc0 = cmd_begin("eval", argc, argv, opts,
+                        "usage: fedprof-client eval --model FILE --data FILE [options]\n\n"
                "Leave-one-out HR@K / NDCG@K with sampled negatives and over the full catalogue, beside the\n"
-               "most-popular baseline.\n\n");
-        fp_cli_print_help(opts);
-        return 0;
-    }
-    if (!model || !data) {
-        fprintf(stderr, "fedprof-client eval: error: --model and --data are required (see --help)\n");
-        return 2;
-    }
+               "most-popular baseline.\n\n",
+                        "model data");
+    if (rc0 >= 0)
+        return rc0;
     fp_log_set_quiet(quiet);
     fp_model_t *m = NULL;
     fp_config_t cfg;
@@ -354,19 +367,13 @@ static int cmd_embed(int argc, char **argv)
         {"help", FP_OPT_FLAG, &help, 0, 0, NULL, "this help"},
         {NULL, 0, NULL, 0, 0, NULL, NULL},
     };
-    if (fp_cli_parse(argc, argv, opts) != FP_OK)
-        return fail("embed");
-    if (help) {
-        printf("usage: fedprof-client embed --model FILE --data FILE --out profiles.npy [options]\n\n"
+    int rc0 = cmd_begin("embed", argc, argv, opts,
+                        "usage: fedprof-client embed --model FILE --data FILE --out profiles.npy [options]\n\n"
                "One profile vector per user (the encoder's output after the user's whole history, last maxlen\n"
-               "items), as float32 .npy; user ids in the same order in OUT.ids.txt.\n\n");
-        fp_cli_print_help(opts);
-        return 0;
-    }
-    if (!model || !data || !out) {
-        fprintf(stderr, "fedprof-client embed: error: --model, --data and --out are required (see --help)\n");
-        return 2;
-    }
+               "items), as float32 .npy; user ids in the same order in OUT.ids.txt.\n\n",
+                        "model data out");
+    if (rc0 >= 0)
+        return rc0;
     fp_log_set_quiet(quiet);
     fp_model_t *m = NULL;
     fp_config_t cfg;
@@ -456,18 +463,12 @@ static int cmd_recommend(int argc, char **argv)
         {"help", FP_OPT_FLAG, &help, 0, 0, NULL, "this help"},
         {NULL, 0, NULL, 0, 0, NULL, NULL},
     };
-    if (fp_cli_parse(argc, argv, opts) != FP_OK)
-        return fail("recommend");
-    if (help) {
-        printf("usage: fedprof-client recommend --model FILE --data FILE --user ID [--k 10]\n\n"
-               "Ranks every item by the dot product of the user's profile with the item embeddings.\n\n");
-        fp_cli_print_help(opts);
-        return 0;
-    }
-    if (!model || !data || !user) {
-        fprintf(stderr, "fedprof-client recommend: error: --model, --data and --user are required (see --help)\n");
-        return 2;
-    }
+    int rc0 = cmd_begin("recommend", argc, argv, opts,
+                        "usage: fedprof-client recommend --model FILE --data FILE --user ID [--k 10]\n\n"
+               "Ranks every item by the dot product of the user's profile with the item embeddings.\n\n",
+                        "model data user");
+    if (rc0 >= 0)
+        return rc0;
     fp_log_set_quiet(1);
     fp_model_t *m = NULL;
     fp_config_t cfg;
@@ -555,18 +556,12 @@ static int cmd_synth(int argc, char **argv)
         {"help", FP_OPT_FLAG, &help, 0, 0, NULL, "this help"},
         {NULL, 0, NULL, 0, 0, NULL, NULL},
     };
-    if (fp_cli_parse(argc, argv, opts) != FP_OK)
-        return fail("synth");
-    if (help) {
-        printf("usage: fedprof-client synth --out FILE [options]\n\n"
-               "Writes fedprof's deterministic synthetic behaviour data (the embedded default data set).\n\n");
-        fp_cli_print_help(opts);
-        return 0;
-    }
-    if (!out) {
-        fprintf(stderr, "fedprof-client synth: error: --out is required (see --help)\n");
-        return 2;
-    }
+    int rc0 = cmd_begin("synth", argc, argv, opts,
+                        "usage: fedprof-client synth --out FILE [options]\n\n"
+               "Writes fedprof's deterministic synthetic behaviour data (the embedded default data set).\n\n",
+                        "out");
+    if (rc0 >= 0)
+        return rc0;
     if (users > 0) p.n_users = users;
     if (items > 0) p.n_items = items;
     if (interests > 0) p.n_interests = interests;

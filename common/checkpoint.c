@@ -7,6 +7,7 @@
  * is checked, and the tensors must tile the data section exactly (as the reference validator
  * requires) before one aligned buffer of the data section's size is allocated and filled. */
 #include "common/checkpoint.h"
+#include "common/utf8.h"
 
 #include <errno.h>
 #include <fcntl.h>
@@ -190,39 +191,8 @@ fp_status fp_file_write_atomic(const char *path, const void *data, size_t n)
 /* ------------------------------------------------------------------------------------------ */
 /* Shared helpers                                                                              */
 
-/* 1 if s[0..n) is well-formed UTF-8 (no overlongs, surrogates or code points past U+10FFFF). */
-static int utf8_valid(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        size_t len;
-        unsigned min;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xE0) == 0xC0) {
-            len = 2, min = 0x80, c &= 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3, min = 0x800, c &= 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            len = 4, min = 0x10000, c &= 0x07;
-        } else {
-            return 0;
-        }
-        if (n - i < len)
-            return 0;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80)
-                return 0;
-            c = (c << 6) | (s[i + k] & 0x3F);
-        }
-        if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
-            return 0;
-        i += len;
-    }
-    return 1;
-}
+/* 1 if s[0..n) is well-formed UTF-8. */
+static int utf8_valid(const unsigned char *s, size_t n) { return fp_utf8_prefix(s, n) == n; }
 
 static void put_u64_le(unsigned char *p, uint64_t v)
 {

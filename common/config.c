@@ -11,6 +11,7 @@
  * failure the caller's config is untouched. Two inputs are kept away from libfyaml 0.7.12
  * because it mishandles them (see tab_trap and scalar_text). */
 #include "common/config.h"
+#include "common/utf8.h"
 
 #include <ctype.h>
 #include <errno.h>
@@ -719,40 +720,6 @@ static fp_status walk_root(cf_ctx *x, struct fy_node *root)
     return FP_OK;
 }
 
-/* 0-based offset of the first byte that breaks UTF-8, or len when it is all valid. */
-static size_t utf8_prefix(const unsigned char *s, size_t n)
-{
-    size_t i = 0;
-    while (i < n) {
-        unsigned c = s[i];
-        size_t len;
-        unsigned min;
-        if (c < 0x80) {
-            i++;
-            continue;
-        } else if ((c & 0xE0) == 0xC0) {
-            len = 2, min = 0x80, c &= 0x1F;
-        } else if ((c & 0xF0) == 0xE0) {
-            len = 3, min = 0x800, c &= 0x0F;
-        } else if ((c & 0xF8) == 0xF0) {
-            len = 4, min = 0x10000, c &= 0x07;
-        } else {
-            return i;
-        }
-        if (n - i < len)
-            return i;
-        for (size_t k = 1; k < len; k++) {
-            if ((s[i + k] & 0xC0) != 0x80)
-                return i;
-            c = (c << 6) | (s[i + k] & 0x3F);
-        }
-        if (c < min || c > 0x10FFFF || (c >= 0xD800 && c <= 0xDFFF))
-            return i;
-        i += len;
-    }
-    return n;
-}
-
 /* libfyaml 0.7.12 frees parser state twice after its "cannot use tab for indentation of block
  * entry" error (pantoniou/libfyaml#57): a tab in a run of blanks followed by one of ?:|> or by
  * "- " crashes the process when the parser is destroyed. Refuse that pattern ourselves, before
@@ -799,7 +766,7 @@ fp_status fp_config_load_string(const char *name, const char *yaml, size_t len, 
     const char *nul = memchr(yaml, '\0', len);
     if (nul)
         return FP_FAIL(FP_ERR_PARSE, "%s:%d: NUL byte in the file", name, line_at(yaml, (size_t)(nul - yaml)));
-    size_t bad = utf8_prefix((const unsigned char *)yaml, len);
+    size_t bad = fp_utf8_prefix((const unsigned char *)yaml, len);
     if (bad < len)
         return FP_FAIL(FP_ERR_PARSE, "%s:%d: the file is not valid UTF-8", name, line_at(yaml, bad));
     size_t tab = tab_trap(yaml, len);
