@@ -24,7 +24,7 @@ fi
 mkdir -p "$out"
 echo "machine: $(lscpu | sed -n 's/^Model name:\s*//p'), $(nproc) cores"
 cmd="build/fedprof-client train --data $data --config configs/centralized.yaml --epochs $epochs --threads $threads --out $out --json"
-echo "command: OPENBLAS_NUM_THREADS=1 $cmd"
+echo "command: OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} OPENBLAS_NUM_THREADS=1 $cmd"
 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} OPENBLAS_NUM_THREADS=1 $cmd 2> "$out/train.log" | tail -n 1 > "$out/result.json"
 /usr/bin/env python3 - "$out/result.json" <<'PY'
 import json, sys
