@@ -27,6 +27,10 @@
 #   peak RSS:      each process's own ru_maxrss (JSON peak_rss_mb); torch's includes the Python
 #                  interpreter and the torch libraries (rss_after_import_mb shows that share).
 #
+# The machine may be shared: before each run the script waits (up to QUIET_WAIT s, default 30;
+# 0 with --quick) until the CPUs are >= 85% idle over a 1 s sample, and records the busy share it
+# saw. Contended runs are flagged; both medians and bests (max) are tabled.
+#
 # Environment: FEDPROF_CLIENT (default build/fedprof-client), PYTHON (default /usr/bin/python3),
 # EPOCHS_A / EPOCHS_B (default 1), REPS (default 3; 2 with --quick).
 set -euo pipefail
@@ -52,6 +56,7 @@ while [ $# -gt 0 ]; do
     shift
 done
 if [ -z "$REPS" ]; then if [ "$QUICK" = 1 ]; then REPS=2; else REPS=3; fi; fi
+if [ -z "${QUIET_WAIT:-}" ]; then if [ "$QUICK" = 1 ]; then QUIET_WAIT=0; else QUIET_WAIT=30; fi; fi
 
 [ -x "$FP" ] || { echo "speed.sh: $FP not found (build fedprof first)" >&2; exit 1; }
 "$PY" -c 'import torch, numpy' 2>/dev/null || { echo "speed.sh: $PY lacks torch/numpy" >&2; exit 1; }
@@ -72,14 +77,37 @@ has_flag() { grep -q -- "$1" <<<"$TRAIN_HELP"; }
 
 log() { echo "[speed] $*" >&2; }
 
+# busy_pct: share of all CPUs busy (any process, any container) over 1 s, from /proc/stat.
+busy_pct() {
+    local a b
+    a=$(head -n 1 /proc/stat)
+    sleep 1
+    b=$(head -n 1 /proc/stat)
+    awk -v a="$a" -v b="$b" 'BEGIN { split(a, x); split(b, y); t = 0; i = 0;
+        for (k = 2; k <= 9; k++) { d = y[k] - x[k]; t += d; if (k == 5 || k == 6) i += d }
+        printf "%d", (t > 0 ? 100 * (t - i) / t : 0) }'
+}
+
+# quiet: wait until the machine is idle (<= 15% busy) or QUIET_WAIT seconds passed; sets BUSY.
+quiet() {
+    local waited=0
+    BUSY=$(busy_pct 2>/dev/null || echo 0)
+    while [ "$BUSY" -gt 15 ] && [ "$waited" -lt "$QUIET_WAIT" ]; do
+        [ "$waited" = 0 ] && log "machine ${BUSY}% busy with other work: waiting up to ${QUIET_WAIT}s"
+        sleep 4
+        waited=$((waited + 5))
+        BUSY=$(busy_pct 2>/dev/null || echo 0)
+    done
+}
+
 # run TAG CMD...: run, echo the command, keep the last JSON line of stdout in results.jsonl.
 run() {
     local tag=$1
     shift
     printf '%s\n' "$*" >>"$CMDS"
     log "$tag: $*"
-    local out load
-    load=$(cut -d' ' -f1 /proc/loadavg 2>/dev/null || echo "?")
+    local out
+    quiet
     if ! out=$("$@" 2>"$WORK/last.stderr"); then
         echo "speed.sh: command failed ($tag): $*" >&2
         cat "$WORK/last.stderr" >&2
@@ -88,7 +116,7 @@ run() {
     local line
     line=$(grep '^{' <<<"$out" | tail -n 1 || true)
     [ -n "$line" ] || { echo "speed.sh: no JSON line from: $*" >&2; echo "$out" >&2; exit 1; }
-    printf '{"tag": "%s", "load_before": "%s", "result": %s}\n' "$tag" "$load" "$line" >>"$RES"
+    printf '{"tag": "%s", "busy_before_pct": %s, "result": %s}\n' "$tag" "$BUSY" "$line" >>"$RES"
 }
 
 cfg_params() { # name -> users items mean_len seed maxlen dropout epochs
@@ -150,6 +178,10 @@ def med(cfg, mode, impl, key):
     v = [x.get(key) for x in by.get((cfg, mode, impl), []) if x.get(key) is not None]
     return (statistics.median(v), v) if v else (None, [])
 
+def best(cfg, mode, impl, key, lower=False):
+    v = [x.get(key) for x in by.get((cfg, mode, impl), []) if x.get(key) is not None]
+    return (min(v) if lower else max(v)) if v else None
+
 def f(x, nd=1):
     return "n/a" if x is None else f"{x:,.{nd}f}"
 
@@ -172,11 +204,12 @@ print(f"- torch {t.get('torch')} (torch threads {t.get('threads')}, OPENBLAS_NUM
       f"{t.get('malloc_mmap_threshold')}); fedprof --threads 2")
 print(f"- {reps} alternating runs per measurement, medians shown (all runs listed); total {wall} s")
 print(f"- work dir: {work} (fedprof-client there is a copy of {fp_orig} taken at the start)")
-loads = [float(r["load_before"]) for r in rows if r.get("load_before", "?") not in ("?", "")]
-if loads:
-    print(f"- 1-min load average before each run: median {statistics.median(loads):.2f}, max {max(loads):.2f}"
-          + ("  **WARNING: other work was competing for the 2 cores; rerun on a quiet machine**"
-             if max(loads) > 2.5 else ""))
+busy = [(r["tag"], r["busy_before_pct"]) for r in rows if "busy_before_pct" in r]
+noisy = [f"{t} ({b}%)" for t, b in busy if b > 15]
+if busy:
+    print(f"- CPU busy with other work just before each run: max {max(b for _, b in busy)}%"
+          + (f"  **WARNING: {len(noisy)} run(s) started on a busy machine: {', '.join(noisy)}; "
+             "their numbers may be low (see the per-run lists; 'best' is the max)**" if noisy else ""))
 targets = []
 for cfg in sorted({k[0] for k in by}):
     fp_tr, fp_tr_v = med(cfg, "train", "fedprof", "seqs_per_s")
@@ -197,7 +230,9 @@ for cfg in sorted({k[0] for k in by}):
     print(f"## Config {cfg}: users {t0.get('users')}, items {t0.get('items')}, interactions "
           f"{t0.get('interactions')}, trainable users {t0.get('trainable_users')}, epochs {t0.get('epochs')}")
     print()
-    print("| measure | fedprof | torch | fedprof / torch |")
+    bfp, bpt = best(cfg, "train", "fedprof", "seqs_per_s"), best(cfg, "train", "torch", "seqs_per_s")
+    bfe, bpe = best(cfg, "embed", "fedprof", "profiles_per_s"), best(cfg, "embed", "torch", "profiles_per_s")
+    print("| measure (median of runs) | fedprof | torch | fedprof / torch |")
     print("|---|---:|---:|---:|")
     print(f"| train seqs/s (torch: steps only, warm-up excluded) | {f(fp_tr)} | {f(pt_tr)} | {f(ratio(fp_tr, pt_tr), 2)}x |")
     print(f"| train seqs/s (torch: whole run incl. batching, like fedprof's) | {f(fp_tr)} | {f(pt_trb)} | {f(ratio(fp_tr, pt_trb), 2)}x |")
@@ -205,6 +240,8 @@ for cfg in sorted({k[0] for k in by}):
     print(f"| peak RSS, train (MB) | {f(fp_rt)} | {f(pt_rt)} | {f(ratio(fp_rt, pt_rt), 3)} |")
     print(f"| peak RSS, inference (MB) | {f(fp_re)} | {f(pt_re)} | {f(ratio(fp_re, pt_re), 3)} |")
     print(f"| final train loss (mean of last epoch) | {f(fp_loss, 4)} | {f(pt_loss, 4)} | |")
+    print(f"| best run: train seqs/s (torch steps only) | {f(bfp)} | {f(bpt)} | {f(ratio(bfp, bpt), 2)}x |")
+    print(f"| best run: inference profiles/s | {f(bfe)} | {f(bpe)} | {f(ratio(bfe, bpe), 2)}x |")
     print()
     print(f"runs: fedprof train {[round(x) for x in fp_tr_v]}, torch train {[round(x) for x in pt_tr_v]} "
           f"(incl. batching {[round(x) for x in pt_trb_v]}), fedprof embed {[round(x) for x in fp_em_v]}, "
