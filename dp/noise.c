@@ -1,0 +1,476 @@
+/* noise: exact discrete Gaussian (CKS 2020), continuous Gaussian, and the grid noise the client
+ * adds to a clipped update (see noise.h for the model and the supported ranges).
+ *
+ * Why integer arithmetic: a sampler that computes exp() or log() in floating point outputs values
+ * whose low bits depend on the secret (Mironov 2012). Every decision below is a comparison of a
+ * uniform integer with a rational's numerator, so the output distribution is exactly the stated
+ * one. The only floating point is in fp_dp_dgauss_init (choosing the rational, rounded up and
+ * corrected with integers) and in the final conversion grid·k to float, a deterministic
+ * post-processing of the integer result. */
+#include "dp/noise.h"
+
+#include <math.h>
+#include <stdlib.h>
+#include <string.h>
+
+#include <openssl/crypto.h>
+
+#ifdef _OPENMP
+#include <omp.h>
+#endif
+
+#if !defined(__SIZEOF_INT128__)
+#error "dp/noise.c needs a compiler with unsigned __int128 (GCC or Clang on a 64-bit target)"
+#endif
+typedef unsigned __int128 u128;
+
+#define TRY(expr)                          \
+    do {                                   \
+        fp_status st_ = (expr);            \
+        if (st_ != FP_OK)                  \
+            return st_;                    \
+    } while (0)
+
+/* A generator with a small cache of single bits (the sign of a sample costs 1 bit, not 32). */
+typedef struct {
+    fp_csprng_t *r;
+    uint64_t bits;
+    unsigned nbits;
+} src_t;
+
+static inline fp_status src_bit(src_t *s, int *b)
+{
+    if (s->nbits == 0) {
+        TRY(fp_csprng_u64(s->r, &s->bits));
+        s->nbits = 64;
+    }
+    *b = (int)(s->bits & 1);
+    s->bits >>= 1;
+    s->nbits--;
+    return FP_OK;
+}
+
+/* Bernoulli(1/k), k ≥ 1. */
+static inline fp_status bern_inv(src_t *s, uint64_t k, int *b)
+{
+    if (k == 1) {
+        *b = 1;
+        return FP_OK;
+    }
+    if (k == 2)
+        return src_bit(s, b);
+    uint64_t u;
+    TRY(fp_csprng_below(s->r, k, &u));
+    *b = u == 0;
+    return FP_OK;
+}
+
+/* Bernoulli(num / (den·k)), num ≤ den, k ≥ 1. When den·k would overflow it is drawn as the AND
+ * of the independent Bernoulli(1/k) and Bernoulli(num/den): the same probability, no product. */
+static inline fp_status bern_frac_k(src_t *s, uint64_t num, uint64_t den, uint64_t k, int *b)
+{
+    uint64_t u;
+    if (num == 0) {
+        *b = 0;
+        return FP_OK;
+    }
+    if (den <= UINT64_MAX / k) {
+        TRY(fp_csprng_below(s->r, den * k, &u));
+        *b = u < num;
+        return FP_OK;
+    }
+    TRY(bern_inv(s, k, b));
+    if (!*b)
+        return FP_OK;
+    TRY(fp_csprng_below(s->r, den, &u));
+    *b = u < num;
+    return FP_OK;
+}
+
+/* Bernoulli(exp(−num/den)) for 0 ≤ num ≤ den (CKS Algorithm 1, γ ∈ [0,1]): draw A_k ~
+ * Bernoulli(γ/k) for k = 1, 2, ... until the first 0; P(first 0 at an odd k) = exp(−γ). */
+static fp_status bern_exp_le1(src_t *s, uint64_t num, uint64_t den, int *out)
+{
+    uint64_t k = 1;
+    for (;;) {
+        int a;
+        TRY(bern_frac_k(s, num, den, k, &a));
+        if (!a)
+            break;
+        k++;
+    }
+    *out = (int)(k & 1);
+    return FP_OK;
+}
+
+/* Bernoulli(exp(−1)): the γ = 1 case with Bernoulli(1/k) draws. */
+static fp_status bern_exp1(src_t *s, int *out)
+{
+    uint64_t k = 2; /* A_1 ~ Bernoulli(1) is always 1 */
+    for (;;) {
+        int a;
+        TRY(bern_inv(s, k, &a));
+        if (!a)
+            break;
+        k++;
+    }
+    *out = (int)(k & 1);
+    return FP_OK;
+}
+
+/* Bernoulli(exp(−N/den)) for any N (128-bit) and den ≥ 1: ⌊γ⌋ Bernoulli(exp(−1)) trials that must
+ * all succeed, then the fractional part (CKS Algorithm 1, γ > 1). */
+static fp_status bern_exp_wide(src_t *s, u128 N, uint64_t den, int *out)
+{
+    u128 q;
+    uint64_t rem;
+    if ((N >> 64) == 0) { /* the common case: 64-bit division */
+        q = (uint64_t)N / den;
+        rem = (uint64_t)N % den;
+    } else {
+        q = N / den;
+        rem = (uint64_t)(N % den);
+    }
+    for (; q > 0; q--) {
+        int b;
+        TRY(bern_exp1(s, &b));
+        if (!b) {
+            *out = 0;
+            return FP_OK;
+        }
+    }
+    return bern_exp_le1(s, rem, den, out);
+}
+
+fp_status fp_dp_bernoulli_exp(fp_csprng_t *r, uint64_t num, uint64_t den, int *out)
+{
+    if (!r || !out || den == 0)
+        return FP_FAIL(FP_ERR_INVALID, "bernoulli_exp: NULL argument or den = 0");
+    src_t s = {r, 0, 0};
+    return bern_exp_wide(&s, num, den, out);
+}
+
+/* ---- parameters ---- */
+
+static uint64_t gcd64(uint64_t a, uint64_t b)
+{
+    while (b) {
+        uint64_t t = a % b;
+        a = b;
+        b = t;
+    }
+    return a;
+}
+
+/* ⌊√x⌋ exactly: a floating estimate corrected with integer comparisons (init only). */
+static uint64_t isqrt64(uint64_t x)
+{
+    uint64_t r = (uint64_t)sqrt((double)x);
+    while (r > 0 && (u128)r * r > x)
+        r--;
+    while ((u128)(r + 1) * (r + 1) <= x)
+        r++;
+    return r;
+}
+
+#define NUM_MAX ((uint64_t)1 << 60)       /* σ ≥ 1: num ≤ 2^60, so σ ≤ 2^30 */
+#define SMALL_DEN_MAX ((uint64_t)1 << 31) /* σ < 1: den ≤ 2^31, so 2·num·den < 2^63 */
+#define TRUNC_FACTOR 1024u                /* T = 1024·(⌊σ⌋ + 1) */
+
+fp_status fp_dp_dgauss_init_rational(fp_dp_dgauss_t *g, uint64_t num, uint64_t den)
+{
+    if (!g)
+        return FP_FAIL(FP_ERR_INVALID, "dgauss: NULL parameters");
+    if (num == 0 || den == 0)
+        return FP_FAIL(FP_ERR_INVALID, "dgauss: sigma^2 = %llu/%llu must be positive",
+                       (unsigned long long)num, (unsigned long long)den);
+    uint64_t d = gcd64(num, den);
+    num /= d;
+    den /= d;
+    fp_dp_dgauss_t p;
+    memset(&p, 0, sizeof p);
+    p.num = num;
+    p.den = den;
+    if (num >= den) {
+        if (num > NUM_MAX)
+            return FP_FAIL(FP_ERR_RANGE, "dgauss: sigma^2 = %llu/%llu: numerator above 2^60 (sigma <= 2^30)",
+                           (unsigned long long)num, (unsigned long long)den);
+        p.small = 0;
+        p.m = isqrt64(num / den); /* ⌊σ⌋ = ⌊√⌊σ²⌋⌋ */
+        /* Proposal DLap(σ²/m): then σ²/scale = m and the acceptance exponent has denominator 2·num.
+         * den·m ≤ den·σ = √(num·den) ≤ num ≤ 2^60. */
+        p.lap_t = num;
+        p.lap_s = den * p.m;
+        p.tmax = TRUNC_FACTOR * (p.m + 1);
+        p.acc_den = 2 * num;
+    } else {
+        if (den > SMALL_DEN_MAX)
+            return FP_FAIL(FP_ERR_RANGE, "dgauss: sigma^2 = %llu/%llu < 1 needs a denominator <= 2^31",
+                           (unsigned long long)num, (unsigned long long)den);
+        p.small = 1; /* CKS's t = ⌊σ⌋ + 1 = 1: proposal DLap(1), centre σ²/t = σ² */
+        p.m = 0;
+        p.lap_t = 1;
+        p.lap_s = 1;
+        p.tmax = TRUNC_FACTOR;
+        p.acc_den = 2 * num * den;
+    }
+    /* V > vmax ⇒ lap_t·V / lap_s > tmax + 1 ⇒ Y > tmax: stop the geometric loop early. */
+    u128 vm = (u128)(p.tmax + 1) * p.lap_s / p.lap_t + 1;
+    p.vmax = vm > UINT64_MAX / 2 ? UINT64_MAX / 2 : (uint64_t)vm;
+    p.vfit = (UINT64_MAX - p.lap_t) / p.lap_t;
+    *g = p;
+    return FP_OK;
+}
+
+/* Round the double v (an approximation of the true σ² within 3 ulps, or exact when `exact`) to
+ * num/2^k ≥ true σ². */
+static fp_status init_from_square(fp_dp_dgauss_t *g, double s, double v, int exact)
+{
+    if (!(s <= FP_DP_DGAUSS_SIGMA_MAX))
+        return FP_FAIL(FP_ERR_RANGE, "dgauss: sigma %.17g above 2^30 (in grid units)", s);
+    if (!(s >= 0x1p-12))
+        return FP_FAIL(FP_ERR_RANGE, "dgauss: sigma %.17g below 2^-12 (in grid units): the grid is too coarse", s);
+    int k;
+    if (s >= 1.0) {
+        int e;
+        (void)frexp(v, &e); /* v < 2^e */
+        k = e <= 52 ? 52 - e : 0;
+    } else {
+        k = 24;
+    }
+    double w = ldexp(v, k); /* exact scaling; w < 2^52 or an integer ≤ 2^60 */
+    double n;
+    if (exact && w == floor(w))
+        n = w;
+    else
+        n = ceil(w * (1.0 + 0x1p-50)); /* covers the ≤ 3 ulp error of v and this product's */
+    if (!(n <= (double)NUM_MAX))
+        return FP_FAIL(FP_ERR_RANGE, "dgauss: sigma %.17g above 2^30 (in grid units)", s);
+    return fp_dp_dgauss_init_rational(g, (uint64_t)n, (uint64_t)1 << k);
+}
+
+fp_status fp_dp_dgauss_init(fp_dp_dgauss_t *g, double sigma)
+{
+    if (!g)
+        return FP_FAIL(FP_ERR_INVALID, "dgauss: NULL parameters");
+    if (!(sigma > 0) || !isfinite(sigma))
+        return FP_FAIL(FP_ERR_INVALID, "dgauss: sigma %g must be finite and > 0", sigma);
+    double v = sigma * sigma;
+    int exact = fma(sigma, sigma, -v) == 0.0;
+    return init_from_square(g, sigma, v, exact);
+}
+
+fp_status fp_dp_dgauss_init_grid(fp_dp_dgauss_t *g, double sigma, double grid)
+{
+    if (!g)
+        return FP_FAIL(FP_ERR_INVALID, "dgauss: NULL parameters");
+    if (!(sigma > 0) || !isfinite(sigma))
+        return FP_FAIL(FP_ERR_INVALID, "dgauss: sigma %g must be finite and > 0", sigma);
+    if (!(grid > 0) || !isfinite(grid))
+        return FP_FAIL(FP_ERR_INVALID, "dgauss: grid %g must be finite and > 0", grid);
+    double s = sigma / grid;
+    if (!isfinite(s))
+        return FP_FAIL(FP_ERR_RANGE, "dgauss: sigma/grid = %g/%g overflows", sigma, grid);
+    double v = s * s;
+    int exact = fma(s, grid, -sigma) == 0.0 && fma(s, s, -v) == 0.0;
+    return init_from_square(g, s, v, exact);
+}
+
+double fp_dp_dgauss_sigma2(const fp_dp_dgauss_t *g)
+{
+    return g && g->den ? (double)g->num / (double)g->den : 0.0;
+}
+
+/* ---- sampling (CKS Algorithms 2 and 3) ---- */
+
+static fp_status dgauss_one(const fp_dp_dgauss_t *p, src_t *s, int64_t *z)
+{
+    for (;;) {
+        /* Discrete Laplace proposal of scale t/sc (CKS Algorithm 2). */
+        const uint64_t t = p->lap_t, sc = p->lap_s;
+        uint64_t u = 0;
+        if (t > 1) {
+            TRY(fp_csprng_below(s->r, t, &u));
+            int d;
+            TRY(bern_exp_le1(s, u, t, &d));
+            if (!d)
+                continue;
+        }
+        uint64_t v = 0;
+        int a, restart = 0;
+        for (;;) {
+            TRY(bern_exp1(s, &a));
+            if (!a)
+                break;
+            if (++v > p->vmax) {
+                restart = 1;
+                break;
+            }
+        }
+        if (restart)
+            continue; /* |Y| would exceed tmax: truncation */
+        uint64_t y;
+        if (v <= p->vfit) {
+            uint64_t x = u + t * v;
+            y = sc == 1 ? x : x / sc;
+        } else {
+            y = (uint64_t)(((u128)t * v + u) / sc);
+        }
+        if (y > p->tmax)
+            continue;
+        int neg;
+        TRY(src_bit(s, &neg));
+        if (neg && y == 0)
+            continue;
+        /* Acceptance with probability exp(−(|y| − c)²/(2σ²)), c the proposal's centre. */
+        u128 N;
+        if (!p->small) {
+            /* c = m: γ = (y − m)²·den / (2·num). y ≤ tmax ≤ 2^41, den ≤ 2^60 / σ²: N ≤ 2^24·num. */
+            uint64_t w = y >= p->m ? y - p->m : p->m - y;
+            if (w < ((uint64_t)1 << 32) && w * w <= UINT64_MAX / p->den)
+                N = (u128)(w * w * p->den);
+            else
+                N = (u128)w * w * p->den;
+        } else {
+            /* c = σ² = num/den: γ = (y·den − num)² / (2·num·den). y·den ≤ 2^41. */
+            uint64_t yd = y * p->den;
+            uint64_t a2 = yd >= p->num ? yd - p->num : p->num - yd;
+            N = (u128)a2 * a2;
+        }
+        int c;
+        TRY(bern_exp_wide(s, N, p->acc_den, &c));
+        if (!c)
+            continue;
+        *z = neg ? -(int64_t)y : (int64_t)y;
+        return FP_OK;
+    }
+}
+
+static fp_status check_params(const fp_dp_dgauss_t *g)
+{
+    if (!g || g->den == 0 || g->lap_t == 0 || g->lap_s == 0 || g->acc_den == 0)
+        return FP_FAIL(FP_ERR_INVALID, "dgauss: parameters not initialised");
+    return FP_OK;
+}
+
+fp_status fp_dp_dgauss_sample_n(const fp_dp_dgauss_t *g, fp_csprng_t *r, int64_t *z, size_t n)
+{
+    TRY(check_params(g));
+    if (!r || (!z && n))
+        return FP_FAIL(FP_ERR_INVALID, "dgauss: NULL generator or output");
+    src_t s = {r, 0, 0};
+    for (size_t i = 0; i < n; i++)
+        TRY(dgauss_one(g, &s, &z[i]));
+    return FP_OK;
+}
+
+fp_status fp_dp_dgauss_sample(const fp_dp_dgauss_t *g, fp_csprng_t *r, int64_t *z)
+{
+    return fp_dp_dgauss_sample_n(g, r, z, 1);
+}
+
+/* ---- continuous Gaussian (comparison only) ---- */
+
+static const double TWO_PI = 6.283185307179586476925286766559;
+
+fp_status fp_dp_gauss_sample_n(fp_csprng_t *r, double sigma, double *out, size_t n)
+{
+    if (!r || (!out && n))
+        return FP_FAIL(FP_ERR_INVALID, "gauss: NULL generator or output");
+    if (!(sigma >= 0) || !isfinite(sigma))
+        return FP_FAIL(FP_ERR_INVALID, "gauss: sigma %g must be finite and >= 0", sigma);
+    for (size_t i = 0; i < n; i += 2) {
+        uint64_t b[2];
+        TRY(fp_csprng_bytes(r, b, sizeof b));
+        double u1 = (double)((b[0] >> 11) + 1) * 0x1.0p-53; /* (0, 1]: log never sees 0 */
+        double u2 = (double)(b[1] >> 11) * 0x1.0p-53;
+        double rad = sigma * sqrt(-2.0 * log(u1));
+        out[i] = rad * cos(TWO_PI * u2);
+        if (i + 1 < n)
+            out[i + 1] = rad * sin(TWO_PI * u2);
+    }
+    return FP_OK;
+}
+
+fp_status fp_dp_add_noise_continuous(float *x, size_t n, double sigma, fp_csprng_t *r)
+{
+    if (!x && n)
+        return FP_FAIL(FP_ERR_INVALID, "add_noise_continuous: x is NULL");
+    double buf[512];
+    for (size_t i = 0; i < n; i += 512) {
+        size_t m = n - i < 512 ? n - i : 512;
+        TRY(fp_dp_gauss_sample_n(r, sigma, buf, m));
+        for (size_t j = 0; j < m; j++)
+            x[i + j] = (float)((double)x[i + j] + buf[j]);
+    }
+    return FP_OK;
+}
+
+/* ---- grid noise on a vector ---- */
+
+double fp_dp_grid_sensitivity(double l2_bound, size_t n, double grid)
+{
+    return l2_bound + grid * sqrt((double)n);
+}
+
+/* One chunk: x ← grid·(round(x/grid) + Z). |round(x/grid)| ≤ 2^52 and |Z| ≤ 2^41, so the integer
+ * sum is exact in int64 and in double. */
+static fp_status noise_chunk(float *x, size_t n, double grid, const fp_dp_dgauss_t *p, fp_csprng_t *r)
+{
+    src_t s = {r, 0, 0};
+    for (size_t i = 0; i < n; i++) {
+        int64_t z;
+        TRY(dgauss_one(p, &s, &z));
+        int64_t k = (int64_t)round((double)x[i] / grid);
+        x[i] = (float)(grid * (double)(k + z));
+    }
+    return FP_OK;
+}
+
+#define WAVE 64 /* chunks forked at a time: bounds the generators alive at once */
+
+fp_status fp_dp_add_noise(float *x, size_t n, double sigma, double grid, fp_csprng_t *r)
+{
+    if ((!x && n) || !r)
+        return FP_FAIL(FP_ERR_INVALID, "add_noise: NULL vector or generator");
+    if (!(sigma >= 0) || !isfinite(sigma))
+        return FP_FAIL(FP_ERR_INVALID, "add_noise: sigma %g must be finite and >= 0", sigma);
+    if (!(grid > 0) || !isfinite(grid))
+        return FP_FAIL(FP_ERR_INVALID, "add_noise: grid %g must be finite and > 0", grid);
+    if (sigma == 0)
+        return FP_OK;
+    fp_dp_dgauss_t p;
+    TRY(fp_dp_dgauss_init_grid(&p, sigma, grid));
+    const double xmax = ldexp(grid, 52);
+    for (size_t i = 0; i < n; i++) {
+        if (!isfinite(x[i]))
+            return FP_FAIL(FP_ERR_NUMERIC, "add_noise: x[%zu] is %g", i, (double)x[i]);
+        if (fabs((double)x[i]) > xmax)
+            return FP_FAIL(FP_ERR_RANGE, "add_noise: |x[%zu]| = %g exceeds grid*2^52", i, fabs((double)x[i]));
+    }
+    size_t nchunks = (n + FP_DP_NOISE_CHUNK - 1) / FP_DP_NOISE_CHUNK;
+    fp_status result = FP_OK;
+    for (size_t c0 = 0; c0 < nchunks && result == FP_OK; c0 += WAVE) {
+        size_t w = nchunks - c0 < WAVE ? nchunks - c0 : WAVE;
+        fp_csprng_t *gens[WAVE] = {0};
+        fp_status sts[WAVE];
+        for (size_t j = 0; j < w && result == FP_OK; j++)
+            result = fp_csprng_fork(r, &gens[j]);
+        if (result == FP_OK) {
+#pragma omp parallel for schedule(dynamic, 1) if (w > 1)
+            for (size_t j = 0; j < w; j++) {
+                size_t lo = (c0 + j) * FP_DP_NOISE_CHUNK;
+                size_t len = n - lo < FP_DP_NOISE_CHUNK ? n - lo : FP_DP_NOISE_CHUNK;
+                sts[j] = noise_chunk(x + lo, len, grid, &p, gens[j]);
+            }
+            for (size_t j = 0; j < w && result == FP_OK; j++)
+                if (sts[j] != FP_OK)
+                    result = FP_FAIL(sts[j], "add_noise: sampling chunk %zu failed (%s); x is partly noised: discard it",
+                                     c0 + j, fp_strerror(sts[j]));
+        }
+        for (size_t j = 0; j < w; j++)
+            fp_csprng_destroy(gens[j]);
+    }
+    OPENSSL_cleanse(&p, sizeof p);
+    return result;
+}

@@ -1,0 +1,104 @@
+/* noise: privacy noise samplers over the CSPRNG (dp/csprng.h).
+ *
+ * (1) The exact discrete Gaussian N_Z(0, σ²) of Canonne, Kamath and Steinke 2020 ("The Discrete
+ *     Gaussian for Differential Privacy", Algorithms 1-3): P(Z = z) ∝ exp(−z²/(2σ²)) on the
+ *     integers, by rejection from a discrete Laplace proposal, with every Bernoulli(exp(−γ)) drawn
+ *     exactly from integer arithmetic (no floating point anywhere in the accept/reject path).
+ *     σ² is held as an exact rational num/den.
+ * (2) A continuous Gaussian (Box-Muller over 53-bit CSPRNG doubles) for comparison and speed.
+ *     It is NOT resistant to floating-point attacks (Mironov 2012: the set of doubles a
+ *     floating-point sampler can output, and their rounding, depend on the secret); do not use it
+ *     to release anything private.
+ * (3) fp_dp_add_noise: what the client applies to a clipped sum: the vector is rounded to a
+ *     fixed grid, then grid × Z is added with Z discrete Gaussian of σ/grid.
+ *
+ * Supported σ (in grid units, i.e. of Z): 0 < σ ≤ 2^30. For σ ≥ 1, σ² = num/den needs
+ * den ≤ num ≤ 2^60; for σ < 1, num < den ≤ 2^31. Every intermediate product is bounded by these
+ * limits to fit 64 bits (128 bits in two places, where noted), so nothing can overflow.
+ *
+ * Truncation (the one departure from exactness, stated so the accountant can include it): a
+ * proposal with |Z| > T, T = 1024·(⌊σ⌋ + 1) (T = 1024 when σ < 1), is refused. The output is
+ * the discrete Gaussian conditioned on |Z| ≤ T ≥ 1024σ: its total-variation distance from the
+ * exact one is below 2·exp(−1024²/2) < 10^−227000. For a query of L2 sensitivity Δ ≤ 512σ (noise
+ * multiplier ≥ 1/512) the truncation adds at most exp(−(T−Δ)²/(2σ²)) < 10^−56000 to δ.
+ *
+ * Thread-safety: a fp_dp_dgauss_t is read-only once initialised and may be shared; each thread
+ * needs its own generator. Functions return fp_status and leave a message (common/errors.h). */
+#ifndef FEDPROF_DP_NOISE_H
+#define FEDPROF_DP_NOISE_H
+
+#include <stddef.h>
+#include <stdint.h>
+
+#include "common/errors.h"
+#include "dp/csprng.h"
+
+/* Largest supported σ of the integer-valued discrete Gaussian (σ/grid in fp_dp_add_noise). */
+#define FP_DP_DGAUSS_SIGMA_MAX 1073741824.0 /* 2^30 */
+/* fp_dp_add_noise: each chunk of this many coordinates uses its own generator forked from the
+ * caller's, in order, so the output for a seed is the same with any number of threads. */
+#define FP_DP_NOISE_CHUNK 65536
+
+/* Precomputed parameters of one discrete Gaussian; a plain value, set by an _init function. */
+typedef struct {
+    uint64_t num, den;     /* σ² = num / den exactly (reduced) */
+    int small;             /* σ < 1: proposal DLap(1), acceptance centre σ² */
+    uint64_t m;            /* σ ≥ 1: ⌊σ⌋, the acceptance centre (proposal scale σ²/m) */
+    uint64_t lap_t, lap_s; /* discrete Laplace proposal of scale lap_t / lap_s */
+    uint64_t tmax;         /* proposals with |Z| > tmax are refused (see Truncation) */
+    uint64_t vmax;         /* a geometric count V > vmax surely gives |Y| > tmax */
+    uint64_t vfit;         /* V ≤ vfit: U + lap_t·V fits in 64 bits */
+    uint64_t acc_den;      /* denominator of γ in the acceptance test */
+} fp_dp_dgauss_t;
+
+/* σ² = num/den exactly (e.g. 9/4 for σ = 1.5). Errors: FP_ERR_INVALID (NULL, num or den 0),
+ * FP_ERR_RANGE (outside the supported range above). */
+fp_status fp_dp_dgauss_init_rational(fp_dp_dgauss_t *g, uint64_t num, uint64_t den);
+
+/* σ given as a double, converted to a rational σ² = num/2^k that is never below σ²: exact when
+ * σ² is a dyadic rational that fits (checked with fma), otherwise rounded up by less than
+ * 2^−50 relative plus one unit of 2^−k, with k as large as the range allows (num ≈ 2^52 for
+ * σ ≥ 1, k = 24 for σ < 1). Never less noise than asked. Errors: FP_ERR_INVALID (NULL, NaN,
+ * σ ≤ 0), FP_ERR_RANGE (σ > 2^30 or σ < 2^−12). */
+fp_status fp_dp_dgauss_init(fp_dp_dgauss_t *g, double sigma);
+
+/* σ = sigma / grid, converted with the same care (the quotient's rounding is covered too). */
+fp_status fp_dp_dgauss_init_grid(fp_dp_dgauss_t *g, double sigma, double grid);
+
+/* The σ² actually sampled (num/den, rounded to double for display). */
+double fp_dp_dgauss_sigma2(const fp_dp_dgauss_t *g);
+
+/* n samples of the discrete Gaussian into z[0..n). */
+fp_status fp_dp_dgauss_sample_n(const fp_dp_dgauss_t *g, fp_csprng_t *r, int64_t *z, size_t n);
+fp_status fp_dp_dgauss_sample(const fp_dp_dgauss_t *g, fp_csprng_t *r, int64_t *z);
+
+/* Exact Bernoulli(exp(−num/den)) (CKS 2020 Algorithm 1) into *out (0 or 1); den ≥ 1.
+ * Integer arithmetic only. Exposed for tests. */
+fp_status fp_dp_bernoulli_exp(fp_csprng_t *r, uint64_t num, uint64_t den, int *out);
+
+/* n samples of the continuous N(0, sigma²) (Box-Muller) into out[0..n); sigma finite ≥ 0.
+ * Not floating-point-attack resistant: for comparison and non-private use only. */
+fp_status fp_dp_gauss_sample_n(fp_csprng_t *r, double sigma, double *out, size_t n);
+
+/* x[0..n) (one flat vector, e.g. a clipped update) ← grid · (round(x/grid) + Z), Z_i i.i.d.
+ * discrete Gaussian of σ = sigma/grid (rounded up, fp_dp_dgauss_init_grid), in float.
+ * sigma = 0 leaves x unchanged (no noise). grid should be a power of two, so that x/grid and
+ * grid·k are exact; rounding to the grid moves each coordinate by at most grid/2, so the L2
+ * sensitivity of the rounded vector is at most Δ + grid·√n (fp_dp_grid_sensitivity): account
+ * with noise multiplier sigma / that. Requires |x_i| / grid ≤ 2^52.
+ * Chunks of FP_DP_NOISE_CHUNK coordinates run in parallel (OpenMP) on generators forked in order
+ * from r, so a seeded r gives the same output with any thread count.
+ * Errors: FP_ERR_INVALID (NULL, sigma < 0 or NaN, grid ≤ 0 or not finite), FP_ERR_RANGE (σ/grid
+ * or |x|/grid out of range), FP_ERR_NUMERIC (x holds NaN/Inf; x untouched), FP_ERR_NOMEM,
+ * FP_ERR_INTERNAL (OpenSSL). After an error past validation x is partly noised: discard it,
+ * never release it. */
+fp_status fp_dp_add_noise(float *x, size_t n, double sigma, double grid, fp_csprng_t *r);
+
+/* x[i] += N(0, sigma²) continuous (Box-Muller), for comparison only (see above). */
+fp_status fp_dp_add_noise_continuous(float *x, size_t n, double sigma, fp_csprng_t *r);
+
+/* Δ + grid·√n: the L2 sensitivity after fp_dp_add_noise's rounding of a vector whose L2
+ * sensitivity was Δ (l2_bound). Pure. */
+double fp_dp_grid_sensitivity(double l2_bound, size_t n, double grid);
+
+#endif
