@@ -3,7 +3,8 @@
 # trains with configs/centralized.yaml (the paper's Games settings) and prints the sampled and
 # full-catalogue HR@10 / NDCG@10 beside the popularity baseline and the paper's numbers.
 #   bench/accuracy.sh [--epochs N] [--threads N] [--out DIR]
-# Skips cleanly (exit 0) when the data set is absent.
+# Skips cleanly (exit 0) when the data set is absent. FEDPROF_BUILD_DIR picks the build folder
+# (default build; built there first if it has no fedprof-client).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${FEDPROF_GAMES:-../shared/data/amazon-games.txt}
@@ -20,10 +21,11 @@ if [ ! -f "$data" ]; then
     echo "skip: $data not found" >&2
     exit 0
 fi
-[ -x build/fedprof-client ] || { cmake -S . -B build >/dev/null && cmake --build build -j2 >/dev/null; }
+bdir=${FEDPROF_BUILD_DIR:-build}
+[ -x "$bdir/fedprof-client" ] || { cmake -S . -B "$bdir" >/dev/null && cmake --build "$bdir" -j2 >/dev/null; }
 mkdir -p "$out"
 echo "machine: $(lscpu | sed -n 's/^Model name:\s*//p'), $(nproc) cores"
-cmd="build/fedprof-client train --data $data --config configs/centralized.yaml --epochs $epochs --threads $threads --out $out --json"
+cmd="$bdir/fedprof-client train --data $data --config configs/centralized.yaml --epochs $epochs --threads $threads --out $out --json"
 echo "command: OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} OPENBLAS_NUM_THREADS=1 $cmd"
 OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} OPENBLAS_NUM_THREADS=1 $cmd 2> "$out/train.log" | tail -n 1 > "$out/result.json"
 /usr/bin/env python3 - "$out/result.json" <<'PY'

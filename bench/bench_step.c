@@ -2,21 +2,31 @@
  *
  * Prints (1) the sgemm rate of this machine through fp_k_sgemm on a large square product and on
  * the model's own shapes, (2) the time of a forward pass, a forward+backward pass and an Adam
- * step for a synthetic batch, and (3) the model's useful matmul FLOPs per step divided by the
- * step time, as a fraction of the large-sgemm rate.
+ * step for a synthetic batch, (3) the model's useful matmul FLOPs per step divided by the
+ * step time, as a fraction of the large-sgemm rate, and (4) with --dp-steps > 0, DP-SGD against
+ * that: the clipped gradient (per-user norms + clipped backward) on the same batch, and whole
+ * DP-SGD steps (Poisson sample of the same expected batch, clipping, discrete Gaussian noise on
+ * every parameter, Adam) with their noise time apart.
  *   fedprof-bench-step [--dim 50] [--blocks 2] [--heads 1] [--maxlen 200] [--batch 128]
- *                      [--items 3416] [--mean-len 50] [--threads 2] [--steps 50]
+ *                      [--items 3416] [--mean-len 50] [--threads 2] [--steps 50] [--dp-steps 10]
+ *   fedprof-bench-step --noise N [--reps 5]: only fp_dp_add_noise's samples/s on N coordinates, at
+ *                      the grid and sigma DP-SGD uses for N parameters (clip 1, sigma 1); threads
+ *                      from OMP_NUM_THREADS (bench/dp.sh compares it with numpy)
  * A benchmark, not a test: it never fails because the machine is slow. */
+#include <math.h>
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
 
 #include "client/cli.h"
+#include "client/dpsgd.h"
 #include "common/data.h"
 #include "common/kernels.h"
 #include "common/log.h"
 #include "common/model.h"
 #include "common/params.h"
+#include "dp/csprng.h"
+#include "dp/noise.h"
 
 static double gemm_rate(int M, int N, int K, int reps)
 {
@@ -41,6 +51,7 @@ static double gemm_rate(int M, int N, int K, int reps)
 int main(int argc, char **argv)
 {
     int dim = 50, blocks = 2, heads = 1, maxlen = 200, batch = 128, items = 3416, threads = 2, steps = 50, help = 0;
+    int dp_steps = 10, noise_n = 0, reps = 5;
     float mean_len = 50;
     fp_opt_t opts[] = {
         {"dim", FP_OPT_INT, &dim, 1, 4096, NULL, "hidden size"},
@@ -52,6 +63,9 @@ int main(int argc, char **argv)
         {"mean-len", FP_OPT_FLOAT, &mean_len, 3, 200, NULL, "mean history length of the synthetic users"},
         {"threads", FP_OPT_INT, &threads, 1, 256, NULL, "threads"},
         {"steps", FP_OPT_INT, &steps, 1, 100000, NULL, "timed steps"},
+        {"dp-steps", FP_OPT_INT, &dp_steps, 0, 100000, NULL, "timed DP-SGD steps (0: skip the DP section)"},
+        {"noise", FP_OPT_INT, &noise_n, 0, 1 << 30, NULL, "only time fp_dp_add_noise on this many coordinates"},
+        {"reps", FP_OPT_INT, &reps, 1, 1000, NULL, "repetitions of --noise (the best is reported)"},
         {"help", FP_OPT_FLAG, &help, 0, 0, NULL, "this help"},
         {NULL, 0, NULL, 0, 0, NULL, NULL},
     };
@@ -61,6 +75,33 @@ int main(int argc, char **argv)
     }
     if (help) {
         fp_cli_print_help(opts);
+        return 0;
+    }
+    if (noise_n > 0) {
+        fp_dpsgd_plan_t plan;
+        float *x = fp_buffer_alloc((size_t)noise_n);
+        fp_csprng_t *cr = NULL;
+        uint8_t key[FP_CSPRNG_SEED_BYTES] = {3};
+        if (!x || fp_dpsgd_plan(1.0, 0, 1.0, 1e-5, 1000, 10, (size_t)noise_n, 1, &plan) ||
+            fp_csprng_create_seeded(key, &cr)) {
+            fprintf(stderr, "fedprof-bench-step: %s\n", fp_error_message());
+            return 1;
+        }
+        memset(x, 0, (size_t)noise_n * sizeof *x);
+        double best = 1e30;
+        for (int r = 0; r < reps; r++) {
+            double t = fp_now();
+            if (fp_dp_add_noise(x, (size_t)noise_n, plan.noise_multiplier * plan.clip, plan.grid, cr) != FP_OK) {
+                fprintf(stderr, "fedprof-bench-step: %s\n", fp_error_message());
+                return 1;
+            }
+            t = fp_now() - t;
+            best = t < best ? t : best;
+        }
+        printf("fp_dp_add_noise: %d coordinates, sigma/grid = 2^%.1f: best of %d %.1f ms = %.0f samples/s\n",
+               noise_n, log2(plan.noise_multiplier / plan.grid), reps, best * 1e3, noise_n / best);
+        fp_csprng_destroy(cr);
+        fp_buffer_free(x);
         return 0;
     }
     fp_k_set_threads(threads);
@@ -77,7 +118,8 @@ int main(int argc, char **argv)
     fp_batcher_t *bat = NULL;
     fp_model_t *m = NULL;
     fp_adam_t adam = {0};
-    fp_model_config_t mc = {items, dim, blocks, heads, maxlen, 0.2f, FP_LOSS_BCE, 1, 0.0f};
+    fp_model_config_t mc = {.n_items = items, .dim = dim, .blocks = blocks, .heads = heads, .maxlen = maxlen,
+                            .dropout = 0.2f, .loss = FP_LOSS_BCE, .n_neg = 1};
     if (fp_data_synthetic(&sp, &d) || fp_split_loo(d, &split) || fp_batcher_create(&split, maxlen, batch, 1, 1, &bat) ||
         fp_model_create(&mc, batch, threads, &m) || fp_adam_create(&adam, fp_model_layout(m)->total)) {
         fprintf(stderr, "fedprof-bench-step: %s\n", fp_error_message());
@@ -133,6 +175,85 @@ int main(int argc, char **argv)
     printf("model matmul work: %.2f GFLOP/step -> %.1f GFLOP/s = %.0f%% of the large-sgemm rate\n", step_flops / 1e9,
            step_flops / t_step / 1e9, 100.0 * step_flops / t_step / 1e9 / peak);
     printf("throughput: %.0f sequences/s\n", rows / t_step);
+
+    if (dp_steps > 0) {
+        /* (a) the clipped gradient on the very same batch (norm pass + clipped pass) against one
+         * forward+backward, interleaved */
+        for (int i = 0; i < 2; i++)
+            fp_model_loss_grad_clipped(m, &b, &rng, 1.0, 0, NULL, &loss);
+        double t_clip = 0, t_fb2 = 0;
+        for (int i = 0; i < steps; i++) {
+            t0 = fp_now();
+            fp_model_loss_grad(m, &b, &rng, &loss);
+            t_fb2 += fp_now() - t0;
+            t0 = fp_now();
+            if (fp_model_loss_grad_clipped(m, &b, &rng, 1.0, 0, NULL, &loss) != FP_OK) {
+                fprintf(stderr, "fedprof-bench-step: %s\n", fp_error_message());
+                return 1;
+            }
+            t_clip += fp_now() - t0;
+        }
+        t_clip /= steps, t_fb2 /= steps;
+        printf("DP clipped gradient, same %d users: %.2f ms = %.2fx forward+backward (%.2f ms, interleaved)\n", rows,
+               t_clip * 1e3, t_clip / t_fb2, t_fb2 * 1e3);
+        /* (b) whole DP-SGD steps: Poisson sample of expected `batch` over the batch * 8 users,
+         * sub-batches of fp_dpsgd_max_batch rows, clipping, / batch, Adam; timed without noise
+         * (a sigma = 0 plan: everything else identical), then the noise alone, as
+         * fp_dpsgd_grads adds it at sigma = 1 (fp_dp_add_noise on every parameter) */
+        const int rmax = fp_dpsgd_max_batch(batch);
+        fp_model_t *md = NULL;
+        fp_batcher_t *bd = NULL;
+        fp_dpsgd_t *dps = NULL;
+        fp_dpsgd_plan_t plan, plan1;
+        const size_t P = fp_model_layout(m)->total;
+        int32_t *sq = malloc((size_t)rmax * maxlen * sizeof *sq), *ps = malloc((size_t)rmax * maxlen * sizeof *ps),
+                *ng = malloc((size_t)rmax * maxlen * sizeof *ng);
+        fp_csprng_t *cr = NULL;
+        uint8_t key[FP_CSPRNG_SEED_BYTES] = {1};
+        if (!sq || !ps || !ng || fp_model_create(&mc, rmax, threads, &md) ||
+            fp_batcher_create(&split, maxlen, rmax, 1, 2, &bd) ||
+            fp_dpsgd_plan(0.0, 0, 1.0, 1e-5, fp_batcher_n_users(bd), batch, P, 1000, &plan) ||
+            fp_dpsgd_plan(1.0, 0, 1.0, 1e-5, fp_batcher_n_users(bd), batch, P, 1000, &plan1) ||
+            fp_dpsgd_create(&plan, 7, &dps) || fp_csprng_create_seeded(key, &cr)) {
+            fprintf(stderr, "fedprof-bench-step: %s\n", fp_error_message());
+            return 1;
+        }
+        memcpy(fp_model_params(md), fp_model_params(m), P * sizeof(float));
+        fp_dpsgd_step_t info;
+        double sampled = 0, t_dp = 0, t_noise = 0, t_norm = 0;
+        fp_dpsgd_grads(dps, md, bd, sq, ps, ng, &rng, &info); /* warm-up */
+        for (int i = 0; i < dp_steps; i++) {
+            /* interleaved, so that a change in the machine's load hits both alike */
+            t0 = fp_now();
+            fp_model_loss_grad(m, &b, &rng, &loss);
+            fp_model_adam_step(m, &adam, 1e-3f, 0.9f, 0.98f, 1e-8f);
+            t_norm += fp_now() - t0;
+            t0 = fp_now();
+            if (fp_dpsgd_grads(dps, md, bd, sq, ps, ng, &rng, &info) != FP_OK) {
+                fprintf(stderr, "fedprof-bench-step: %s\n", fp_error_message());
+                return 1;
+            }
+            fp_model_adam_step(md, &adam, 1e-3f, 0.9f, 0.98f, 1e-8f);
+            t_dp += fp_now() - t0;
+            t0 = fp_now();
+            fp_dp_add_noise(fp_model_grads(md), P, plan1.noise_multiplier * plan1.clip, plan1.grid, cr);
+            t_noise += fp_now() - t0;
+            sampled += info.sampled;
+        }
+        t_dp /= dp_steps, t_noise /= dp_steps, t_norm /= dp_steps;
+        printf("DP-SGD step without noise (expected batch %d, mean sample %.1f, sub-batches of %d): %.2f ms = "
+               "%.2fx a normal step (%.2f ms, interleaved)\n",
+               batch, sampled / dp_steps, rmax, t_dp * 1e3, t_dp / t_norm, t_norm * 1e3);
+        printf("  noise on %zu parameters (sigma 1, sigma/grid 2^%.0f): %.2f ms (%.2f M samples/s); whole DP-SGD step "
+               "%.2f ms = %.2fx a normal step\n",
+               P, log2(plan1.noise_multiplier / plan1.grid), t_noise * 1e3, P / t_noise / 1e6, (t_dp + t_noise) * 1e3,
+               (t_dp + t_noise) / t_norm);
+        fp_csprng_destroy(cr);
+        free(sq), free(ps), free(ng);
+        fp_dpsgd_destroy(dps);
+        fp_batcher_destroy(bd);
+        fp_model_destroy(md);
+    }
     free(seq);
     free(pos);
     free(neg);

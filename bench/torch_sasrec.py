@@ -7,7 +7,10 @@ The model is the one specified in common/model.h, written the way a PyTorch user
     x_t = item_emb[seq_t] * sqrt(dim) + pos_emb[t]        t = 0..T-1 of the left-padded row
     x   = dropout(x) * mask                               mask_t = (seq_t != 0)
     per block (pre-LayerNorm):
-        x = x + dropout(Wo MHA(LN1(x)) + bo)              causal, padding keys masked
+        x = x + dropout(Wo MHA(LN1(x)) + bo)              causal, padding keys masked;
+                                                          MHA = dropout_a(softmax(QK^T/sqrt(dh))) V
+                                                          (dropout on the probabilities at rate
+                                                          --attn-dropout, as model.attn_dropout; 0 = off)
         x = x + dropout(W2 dropout(relu(W1 LN2(x) + b1)) + b2)
         x = x * mask
     h = LN_final(x); profile = h[:, T-1]; score(item) = <h_t, item_emb[item]>
@@ -159,13 +162,14 @@ class Batcher:
 # ---------------------------------------------------------------------------------------- model
 
 class Block(nn.Module):
-    def __init__(self, dim, heads, dropout, attn_impl):
+    def __init__(self, dim, heads, dropout, attn_impl, attn_dropout=0.0):
         super().__init__()
-        self.heads, self.p, self.impl = heads, dropout, attn_impl
+        self.heads, self.p, self.impl, self.pa = heads, dropout, attn_impl, attn_dropout
         self.ln1 = nn.LayerNorm(dim, eps=1e-8)
         self.ln2 = nn.LayerNorm(dim, eps=1e-8)
         if attn_impl == "mha":
-            self.mha = nn.MultiheadAttention(dim, heads, dropout=0.0, bias=True, batch_first=True)
+            # dropout= is applied to the attention probabilities in training mode (as fedprof)
+            self.mha = nn.MultiheadAttention(dim, heads, dropout=attn_dropout, bias=True, batch_first=True)
         else:
             self.qkv = nn.Linear(dim, 3 * dim)
             self.out = nn.Linear(dim, dim)
@@ -187,7 +191,7 @@ class Block(nn.Module):
             q, k, v = (t.reshape(B, T, H, dh).transpose(1, 2).reshape(B * H, T, dh) for t in (q, k, v))
             bias = bias.repeat_interleave(H, dim=0)
         s = torch.baddbmm(bias, q, k.transpose(1, 2), alpha=1.0 / math.sqrt(dh))
-        a = torch.bmm(torch.softmax(s, dim=-1), v)
+        a = torch.bmm(F.dropout(torch.softmax(s, dim=-1), self.pa, self.training), v)
         if H > 1:
             a = a.reshape(B, H, T, dh).transpose(1, 2).reshape(B, T, D)
         return self.out(a)
@@ -200,13 +204,13 @@ class Block(nn.Module):
 
 
 class SASRec(nn.Module):
-    def __init__(self, n_items, dim, blocks, heads, maxlen, dropout, attn_impl="manual"):
+    def __init__(self, n_items, dim, blocks, heads, maxlen, dropout, attn_impl="manual", attn_dropout=0.0):
         super().__init__()
         assert dim % heads == 0
         self.dim, self.maxlen, self.p = dim, maxlen, dropout
         self.item_emb = nn.Embedding(n_items + 1, dim, padding_idx=0)
         self.pos_emb = nn.Embedding(maxlen, dim)
-        self.blocks = nn.ModuleList(Block(dim, heads, dropout, attn_impl) for _ in range(blocks))
+        self.blocks = nn.ModuleList(Block(dim, heads, dropout, attn_impl, attn_dropout) for _ in range(blocks))
         self.ln_f = nn.LayerNorm(dim, eps=1e-8)
         self.register_buffer("causal", torch.ones(maxlen, maxlen, dtype=torch.bool).triu(1), persistent=False)
         self.reset_parameters()
@@ -319,6 +323,7 @@ def main():
     ap.add_argument("--batch", type=int, default=128, help="training batch (embed: --embed-batch)")
     ap.add_argument("--embed-batch", type=int, default=256)
     ap.add_argument("--dropout", type=float, default=0.2)
+    ap.add_argument("--attn-dropout", type=float, default=0.0)
     ap.add_argument("--l2-emb", type=float, default=0.0)
     ap.add_argument("--lr", type=float, default=1e-3)
     ap.add_argument("--epochs", type=int, default=1)
@@ -347,7 +352,7 @@ def main():
     n_users = len(offsets) - 1
     load_s = time.perf_counter() - t0
 
-    model = SASRec(n_items, a.dim, a.blocks, a.heads, a.maxlen, a.dropout, a.attn)
+    model = SASRec(n_items, a.dim, a.blocks, a.heads, a.maxlen, a.dropout, a.attn, a.attn_dropout)
     info = {"impl": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
             "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "attn": a.attn,
             "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default"),

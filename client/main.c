@@ -120,7 +120,8 @@ static int cmd_train(int argc, char **argv)
     int resume = 0, json = 0, quiet = 0, help = 0;
     int epochs = -1, threads = -1, dim = -1, blocks = -1, heads = -1, maxlen = -1, batch = -1, eval_every = -1,
         negatives = -1, eval_users = -1, patience = -1, no_full = 0;
-    float dropout = -1, lr = -1, l2 = -1;
+    float dropout = -1, attn_dropout = -1, lr = -1, l2 = -1, dp_eps = -1, dp_noise = -1, dp_clip = -1, dp_delta = -1;
+    int no_dp = 0;
     uint64_t seed = 0;
     int seed_set = 0;
     fp_opt_t opts[] = {
@@ -135,9 +136,18 @@ static int cmd_train(int argc, char **argv)
         {"heads", FP_OPT_INT, &heads, 1, 64, NULL, "attention heads (model.heads)"},
         {"maxlen", FP_OPT_INT, &maxlen, 1, 4096, NULL, "sequence length (model.maxlen)"},
         {"dropout", FP_OPT_FLOAT, &dropout, 0, 0.99, NULL, "dropout rate (model.dropout)"},
+        {"attn-dropout", FP_OPT_FLOAT, &attn_dropout, 0, 0.99, NULL,
+         "dropout on attention probabilities (model.attn_dropout)"},
         {"loss", FP_OPT_STR, &loss, 0, 0, NULL, "bce | sampled_softmax (model.loss)"},
         {"negatives", FP_OPT_INT, &negatives, 1, 100000, NULL, "negatives per position (model.negatives)"},
         {"l2-emb", FP_OPT_FLOAT, &l2, 0, 1e3, NULL, "L2 on item embeddings (model.l2_emb)"},
+        {"dp-epsilon", FP_OPT_FLOAT, &dp_eps, 1e-6, 1e6, NULL,
+         "DP-SGD: calibrate the noise to this epsilon for the planned epochs (dp.unit = record, dp.target_epsilon)"},
+        {"dp-noise", FP_OPT_FLOAT, &dp_noise, 0, 1e4, NULL,
+         "DP-SGD with this noise multiplier, not calibrated (dp.unit = record, dp.noise_multiplier)"},
+        {"dp-clip", FP_OPT_FLOAT, &dp_clip, 1e-30, 1e30, NULL, "DP-SGD per-user L2 clip (dp.clip)"},
+        {"dp-delta", FP_OPT_FLOAT, &dp_delta, 1e-30, 0.5, NULL, "DP-SGD delta (dp.delta)"},
+        {"no-dp", FP_OPT_FLAG, &no_dp, 0, 0, NULL, "train without DP whatever the config says (dp.unit = none)"},
         {"batch", FP_OPT_INT, &batch, 1, 65536, NULL, "batch size (train.batch)"},
         {"lr", FP_OPT_FLOAT, &lr, 1e-12, 10, NULL, "Adam learning rate (train.lr)"},
         {"eval-every", FP_OPT_INT, &eval_every, 0, 1e7, NULL, "validate every N epochs, 0 = never (train.eval_every)"},
@@ -170,6 +180,7 @@ static int cmd_train(int argc, char **argv)
     if (heads > 0) cfg.model.heads = heads;
     if (maxlen > 0) cfg.model.maxlen = maxlen;
     if (dropout >= 0) cfg.model.dropout = dropout;
+    if (attn_dropout >= 0) cfg.model.attn_dropout = attn_dropout;
     if (negatives > 0) cfg.model.n_neg = negatives;
     if (l2 >= 0) cfg.model.l2_emb = l2;
     if (batch > 0) cfg.train.batch = batch;
@@ -179,6 +190,22 @@ static int cmd_train(int argc, char **argv)
     if (seed_set) cfg.train.seed = seed;
     if (eval_users >= 0) cfg.eval.max_users = eval_users;
     if (no_full) cfg.eval.full = 0;
+    if (dp_eps > 0) {
+        cfg.dp.unit = FP_DP_UNIT_RECORD;
+        cfg.dp.target_epsilon = dp_eps;
+    }
+    if (dp_noise >= 0) {
+        if (dp_eps > 0) {
+            fprintf(stderr, "fedprof-client train: error: --dp-epsilon and --dp-noise exclude each other\n");
+            return 2;
+        }
+        cfg.dp.unit = FP_DP_UNIT_RECORD;
+        cfg.dp.noise_multiplier = dp_noise;
+        cfg.dp.target_epsilon = 0.0f;
+    }
+    if (dp_clip > 0) cfg.dp.clip = dp_clip;
+    if (dp_delta > 0) cfg.dp.delta = dp_delta;
+    if (no_dp) cfg.dp.unit = FP_DP_UNIT_NONE;
     if (loss) {
         if (!strcmp(loss, "bce"))
             cfg.model.loss = FP_LOSS_BCE;
@@ -226,6 +253,19 @@ static int cmd_train(int argc, char **argv)
         json_object_object_add(o, "threads", json_object_new_int(cfg.train.threads));
         json_object_object_add(o, "peak_rss_mb", json_object_new_double(peak_rss_mb()));
         json_object_object_add(o, "model", json_object_new_string(path));
+        if (rep.dp) {
+            /* epsilon is +inf without noise: JSON has no infinity, so null */
+            json_object_object_add(o, "dp", json_object_new_string("record"));
+            json_object_object_add(o, "epsilon", isfinite(rep.epsilon) ? json_object_new_double(rep.epsilon) : NULL);
+            json_object_object_add(o, "delta", json_object_new_double(rep.delta));
+            json_object_object_add(o, "noise_multiplier", json_object_new_double(rep.noise_multiplier));
+            json_object_object_add(o, "noise_multiplier_accounted", json_object_new_double(rep.noise_accounted));
+            json_object_object_add(o, "sampling_rate", json_object_new_double(rep.sampling_rate));
+            json_object_object_add(o, "clip", json_object_new_double(rep.clip));
+            json_object_object_add(o, "dp_steps", json_object_new_int64(rep.dp_steps));
+            json_object_object_add(o, "users_per_step", json_object_new_double(rep.users_per_step));
+            json_object_object_add(o, "clipped_fraction", json_object_new_double(rep.clipped_fraction));
+        }
         print_json(o);
     }
     return 0;

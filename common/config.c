@@ -29,7 +29,7 @@
 /* ------------------------------------------------------------------------------------------ */
 /* The table of keys                                                                           */
 
-typedef enum { CF_INT, CF_U64, CF_FLOAT, CF_BOOL, CF_LOSS, CF_FORMAT } cf_type;
+typedef enum { CF_INT, CF_U64, CF_FLOAT, CF_BOOL, CF_LOSS, CF_FORMAT, CF_UNIT } cf_type;
 
 typedef struct {
     const char *section;
@@ -49,6 +49,7 @@ static const cf_field g_fields[] = {
     F_("model", "heads", CF_INT, model.heads, 1, 4096, 0, 0),
     F_("model", "maxlen", CF_INT, model.maxlen, 1, 4096, 0, 0),
     F_("model", "dropout", CF_FLOAT, model.dropout, 0, 1, 0, 1),
+    F_("model", "attn_dropout", CF_FLOAT, model.attn_dropout, 0, 1, 0, 1),
     F_("model", "loss", CF_LOSS, model.loss, 0, 0, 0, 0),
     F_("model", "negatives", CF_INT, model.n_neg, 1, 100000, 0, 0),
     F_("model", "l2_emb", CF_FLOAT, model.l2_emb, 0, FLT_MAX, 0, 0),
@@ -68,16 +69,39 @@ static const cf_field g_fields[] = {
     F_("eval", "full", CF_BOOL, eval.full, 0, 0, 0, 0),
     F_("eval", "seed", CF_U64, eval.seed, 0, 0, 0, 0),
     F_("data", "format", CF_FORMAT, data.format, 0, 0, 0, 0),
+    F_("dp", "unit", CF_UNIT, dp.unit, 0, 0, 0, 0),
+    F_("dp", "noise_multiplier", CF_FLOAT, dp.noise_multiplier, 0, 1e4, 0, 0),
+    F_("dp", "clip", CF_FLOAT, dp.clip, 0, FLT_MAX, 1, 0),
+    F_("dp", "delta", CF_FLOAT, dp.delta, 0, 1, 1, 1),
+    F_("dp", "target_epsilon", CF_FLOAT, dp.target_epsilon, 0, 1e6, 0, 0),
+    F_("dp", "seed", CF_U64, dp.seed, 0, 0, 0, 0),
 };
 #undef F_
 
 #define N_FIELDS (sizeof g_fields / sizeof g_fields[0])
 
-static const char *const g_sections[] = {"model", "train", "eval", "data"};
+static const char *const g_sections[] = {"model", "train", "eval", "data", "dp"};
 #define N_SECTIONS (sizeof g_sections / sizeof g_sections[0])
 
 static const char *const g_loss_names[] = {"bce", "sampled_softmax"};         /* by fp_loss_kind */
 static const char *const g_format_names[] = {"auto", "text", "csv"};          /* by fp_data_format */
+static const char *const g_unit_names[] = {"none", "record"};                 /* by fp_dp_unit */
+
+/* The names of an enum-typed field's values (index = value) and their count. */
+static const char *const *enum_names(cf_type t, int *count)
+{
+    switch (t) {
+    case CF_LOSS:
+        *count = 2;
+        return g_loss_names;
+    case CF_FORMAT:
+        *count = 3;
+        return g_format_names;
+    default:
+        *count = 2;
+        return g_unit_names;
+    }
+}
 
 static int field_index(const char *section, const char *key, size_t key_len)
 {
@@ -111,14 +135,16 @@ static float f_get_float(const fp_config_t *c, const cf_field *f)
 /* Enums are stored through their own types, never through an int pointer. */
 static int f_get_enum(const fp_config_t *c, const cf_field *f)
 {
-    return f->type == CF_LOSS ? (int)c->model.loss : (int)c->data.format;
+    return f->type == CF_LOSS ? (int)c->model.loss : f->type == CF_FORMAT ? (int)c->data.format : (int)c->dp.unit;
 }
 static void f_set_enum(fp_config_t *c, const cf_field *f, int v)
 {
     if (f->type == CF_LOSS)
         c->model.loss = (fp_loss_kind)v;
-    else
+    else if (f->type == CF_FORMAT)
         c->data.format = (fp_data_format)v;
+    else
+        c->dp.unit = (fp_dp_unit)v;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -152,6 +178,12 @@ void fp_config_defaults(fp_config_t *c)
     c->eval.full = 1;
     c->eval.seed = 2018;
     c->data.format = FP_FORMAT_AUTO;
+    c->dp.unit = FP_DP_UNIT_NONE;
+    c->dp.noise_multiplier = 1.0f;
+    c->dp.clip = 1.0f;
+    c->dp.delta = 1e-5f;
+    c->dp.target_epsilon = 0.0f;
+    c->dp.seed = 0;
 }
 
 static void range_text(const cf_field *f, char *buf, size_t n)
@@ -203,9 +235,10 @@ static int field_ok(const fp_config_t *c, size_t i, char *why, size_t n)
         return 1;
     }
     case CF_LOSS:
-    case CF_FORMAT: {
-        int v = f_get_enum(c, f);
-        int count = f->type == CF_LOSS ? 2 : 3;
+    case CF_FORMAT:
+    case CF_UNIT: {
+        int v = f_get_enum(c, f), count;
+        (void)enum_names(f->type, &count);
         if (v < 0 || v >= count) {
             snprintf(why, n, "unknown value %d", v);
             return 0;
@@ -493,6 +526,8 @@ static const char *type_name(cf_type t)
         return "bce or sampled_softmax";
     case CF_FORMAT:
         return "auto, text or csv";
+    case CF_UNIT:
+        return "none or record";
     }
     return "?";
 }
@@ -613,9 +648,10 @@ static fp_status set_field(cf_ctx *x, size_t fi, struct fy_node *v, int line)
         return FP_OK;
     }
     case CF_LOSS:
-    case CF_FORMAT: {
-        const char *const *names = f->type == CF_LOSS ? g_loss_names : g_format_names;
-        int count = f->type == CF_LOSS ? 2 : 3;
+    case CF_FORMAT:
+    case CF_UNIT: {
+        int count;
+        const char *const *names = enum_names(f->type, &count);
         for (int k = 0; k < count; k++)
             if (strlen(names[k]) == n && memcmp(names[k], s, n) == 0) {
                 f_set_enum(&x->cfg, f, k);
@@ -688,7 +724,7 @@ static fp_status walk_root(cf_ctx *x, struct fy_node *root)
         return st;
     if (fy_node_get_type(root) != FYNT_MAPPING)
         return FP_FAIL(FP_ERR_INVALID, "%s:%d: the top level must be a mapping of sections (model, train, eval, "
-                       "data), got %s", x->name, node_line(root) ? node_line(root) : 1, node_kind(root));
+                       "data, dp), got %s", x->name, node_line(root) ? node_line(root) : 1, node_kind(root));
     void *it = NULL;
     struct fy_node_pair *p;
     while ((p = fy_node_mapping_iterate(root, &it)) != NULL) {
@@ -700,7 +736,7 @@ static fp_status walk_root(cf_ctx *x, struct fy_node *root)
         int sec = section_index(key, klen);
         char pb[64];
         if (sec < 0)
-            return FP_FAIL(FP_ERR_INVALID, "%s:%d: unknown section '%s' (expected model, train, eval or data)",
+            return FP_FAIL(FP_ERR_INVALID, "%s:%d: unknown section '%s' (expected model, train, eval, data or dp)",
                            x->name, line, printable(key, klen, pb, sizeof pb));
         if (x->section_lines[sec] > 0)
             return FP_FAIL(FP_ERR_INVALID, "%s:%d: duplicate key '%s' (first on line %d)", x->name, line,
@@ -899,6 +935,37 @@ static int add(json_object *o, const char *key, json_object *v)
     return 0;
 }
 
+static int dp_is_default(const fp_config_t *c, const fp_config_t *d)
+{
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        const cf_field *f = &g_fields[i];
+        if (strcmp(f->section, "dp") != 0)
+            continue;
+        int same;
+        switch (f->type) {
+        case CF_U64:
+            same = f_get_u64(c, f) == f_get_u64(d, f);
+            break;
+        case CF_FLOAT: {
+            float a = f_get_float(c, f), b = f_get_float(d, f);
+            same = memcmp(&a, &b, sizeof a) == 0;
+            break;
+        }
+        case CF_LOSS:
+        case CF_FORMAT:
+        case CF_UNIT:
+            same = f_get_enum(c, f) == f_get_enum(d, f);
+            break;
+        default:
+            same = f_get_int(c, f) == f_get_int(d, f);
+            break;
+        }
+        if (!same)
+            return 0;
+    }
+    return 1;
+}
+
 fp_status fp_config_to_json(const fp_config_t *c, char **out)
 {
     if (!c || !out)
@@ -911,7 +978,13 @@ fp_status fp_config_to_json(const fp_config_t *c, char **out)
     if (!root)
         return FP_FAIL(FP_ERR_NOMEM, "config JSON");
     fp_status st = FP_OK;
+    fp_config_t defaults;
+    fp_config_defaults(&defaults);
     for (size_t s = 0; s < N_SECTIONS && st == FP_OK; s++) {
+        /* dp: left out while it holds the defaults (no DP), so that files written without DP stay
+         * what they were before the section existed, and readable by builds that predate it */
+        if (strcmp(g_sections[s], "dp") == 0 && dp_is_default(c, &defaults))
+            continue;
         json_object *sec = json_object_new_object();
         if (add(root, g_sections[s], sec) != 0) {
             st = FP_FAIL(FP_ERR_NOMEM, "config JSON");
@@ -936,13 +1009,15 @@ fp_status fp_config_to_json(const fp_config_t *c, char **out)
                 v = json_object_new_boolean(f_get_int(c, f) != 0);
                 break;
             case CF_LOSS:
-            case CF_FORMAT: {
-                int e = f_get_enum(c, f), count = f->type == CF_LOSS ? 2 : 3;
+            case CF_FORMAT:
+            case CF_UNIT: {
+                int e = f_get_enum(c, f), count;
+                const char *const *names = enum_names(f->type, &count);
                 if (e < 0 || e >= count) {
                     st = FP_FAIL(FP_ERR_RANGE, "config: %s.%s has unknown value %d", f->section, f->key, e);
                     break;
                 }
-                v = json_object_new_string((f->type == CF_LOSS ? g_loss_names : g_format_names)[e]);
+                v = json_object_new_string(names[e]);
                 break;
             }
             }
@@ -998,12 +1073,13 @@ static fp_status json_field(fp_config_t *c, const cf_field *f, json_object *v)
         *f_int(c, f) = json_object_get_boolean(v) ? 1 : 0;
         return FP_OK;
     case CF_LOSS:
-    case CF_FORMAT: {
+    case CF_FORMAT:
+    case CF_UNIT: {
         if (!json_object_is_type(v, json_type_string))
             break;
         const char *s = json_object_get_string(v);
-        const char *const *names = f->type == CF_LOSS ? g_loss_names : g_format_names;
-        int count = f->type == CF_LOSS ? 2 : 3;
+        int count;
+        const char *const *names = enum_names(f->type, &count);
         for (int k = 0; k < count; k++)
             if (strcmp(names[k], s) == 0 && strlen(s) == (size_t)json_object_get_string_len(v)) {
                 f_set_enum(c, f, k);

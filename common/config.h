@@ -14,6 +14,13 @@
 
 #define FP_CONFIG_MAX_BYTES (256u << 10) /* a larger config file is an error (FP_ERR_RANGE) */
 
+/* What one privacy guarantee protects (the dp: section). Values are stored: never renumber; they
+ * match proto PrivacyUnit and server/coordinator.h's fp_privacy_unit (client = 2 is the server's). */
+typedef enum {
+    FP_DP_UNIT_NONE = 0,   /* no differential privacy */
+    FP_DP_UNIT_RECORD = 1, /* DP-SGD: one user's whole sequence is the unit */
+} fp_dp_unit;
+
 typedef struct {
     fp_model_config_t model; /* model.n_items is taken from the data, not the file */
     struct {
@@ -38,6 +45,15 @@ typedef struct {
     struct {
         fp_data_format format; /* auto | text | csv, default auto */
     } data;
+    struct {
+        fp_dp_unit unit;   /* none | record, default none */
+        float noise_multiplier; /* noise std / clip, default 1.0 (ignored when target_epsilon > 0) */
+        float clip;             /* per-user L2 bound of the summed-loss gradient, default 1.0 */
+        float delta;            /* of (epsilon, delta), default 1e-5 */
+        float target_epsilon;   /* > 0: calibrate noise_multiplier for the planned steps; default 0 */
+        uint64_t seed;          /* 0 (default): noise and sampling from OpenSSL; else a fixed seed,
+                                   for tests only: no privacy */
+    } dp;
 } fp_config_t;
 
 void fp_config_defaults(fp_config_t *c);

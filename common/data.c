@@ -1576,6 +1576,30 @@ fp_status fp_batcher_next(fp_batcher_t *b, int32_t *seq, int32_t *pos, int32_t *
     return FP_OK;
 }
 
+fp_status fp_batcher_fill(fp_batcher_t *b, const int32_t *idx, int n, int32_t *seq, int32_t *pos, int32_t *neg)
+{
+    if (!b || !seq || !pos || (b->n_neg > 0 && !neg) || (n > 0 && !idx))
+        return FP_FAIL(FP_ERR_INVALID, "fp_batcher_fill: NULL argument");
+    if (n < 0 || n > b->batch)
+        return FP_FAIL(FP_ERR_INVALID, "fp_batcher_fill: %d rows, the batcher holds %d", n, b->batch);
+    for (int r = 0; r < n; r++)
+        if (idx[r] < 0 || idx[r] >= b->n_users)
+            return FP_FAIL(FP_ERR_INVALID, "fp_batcher_fill: user index %d outside [0, %d)", idx[r], b->n_users);
+    const size_t T = (size_t)b->maxlen, K = (size_t)b->n_neg;
+    for (int r = 0; r < n; r++) {
+        fp_status st = fill_row(b, b->users[idx[r]], seq + (size_t)r * T, pos + (size_t)r * T,
+                                neg ? neg + (size_t)r * T * K : NULL);
+        if (st)
+            return st;
+    }
+    size_t rest = (size_t)(b->batch - n);
+    memset(seq + (size_t)n * T, 0, rest * T * sizeof *seq);
+    memset(pos + (size_t)n * T, 0, rest * T * sizeof *pos);
+    if (K > 0)
+        memset(neg + (size_t)n * T * K, 0, rest * T * K * sizeof *neg);
+    return FP_OK;
+}
+
 /* ------------------------------------------------------------------------------------------ */
 /* Partitioning                                                                                */
 /* ------------------------------------------------------------------------------------------ */

@@ -133,6 +133,12 @@ int32_t fp_batcher_batches_per_epoch(const fp_batcher_t *b);
  * finished the epoch (the next call starts a new shuffled epoch). Rows >= *rows are zeroed. */
 fp_status fp_batcher_next(fp_batcher_t *b, int32_t *seq, int32_t *pos, int32_t *neg, int *rows,
                           int *epoch_end);
+/* Fill rows for chosen trainable users instead of the next shuffled batch: DP-SGD's Poisson
+ * sample. idx[0..n) are indices into the batcher's canonical user list (0..fp_batcher_n_users-1,
+ * ascending user ids); row r is user idx[r], built as above with negatives from the batcher's
+ * generator; rows >= n are zeroed. The epoch order and cursor of fp_batcher_next are not touched.
+ * FP_ERR_INVALID for NULL buffers, n outside [0, batch] or an index out of range. */
+fp_status fp_batcher_fill(fp_batcher_t *b, const int32_t *idx, int n, int32_t *seq, int32_t *pos, int32_t *neg);
 /* Generator state for resume. It is the batcher's only state between epochs: restoring it into
  * a batcher created with the same arguments after epoch_end reproduces the following batches. */
 fp_rng_t fp_batcher_rng(const fp_batcher_t *b);

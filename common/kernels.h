@@ -86,15 +86,21 @@ void fp_k_scatter_rows_add(float *dsrc, float *dfill, const float *dout, const i
 size_t fp_k_attention_layout(const int32_t *off, int U, int H, size_t *att_off);
 /* Causal multi-head self-attention of packed users. q, k, v, out are [N x C] with head h in
  * columns [h*C/H, (h+1)*C/H); scores scaled by 1/sqrt(C/H); att [att_off[U]] receives the
- * softmax probabilities (row i of a user attends to its rows 0..i; the upper triangle is 0).
- * scratch: N * C floats. */
-void fp_k_attention_fwd(float *out, float *att, const float *q, const float *k, const float *v, const int32_t *off,
-                        const size_t *att_off, int U, int C, int H, float *scratch);
-/* dq, dk, dv [N x C] = (overwrite, for the rows of the U users) gradients given dout [N x C]
- * and the saved att. datt: att_off[U] floats of scratch; scratch: N * C floats. */
+ * softmax probabilities P (row i of a user attends to its rows 0..i; the upper triangle is 0).
+ * Dropout on the probabilities (SASRec's): mask [att_off[U]] (same layout as att, e.g. from
+ * fp_k_dropout_mask; NULL = none) multiplies P before it meets v, and attd [att_off[U]]
+ * receives Pd = P * mask, what out = Pd v uses; attd may alias mask (the mask is then
+ * overwritten), and is not written when mask is NULL. scratch: N * C floats. */
+void fp_k_attention_fwd(float *out, float *att, float *attd, const float *mask, const float *q, const float *k,
+                        const float *v, const int32_t *off, const size_t *att_off, int U, int C, int H,
+                        float *scratch);
+/* dq, dk, dv [N x C] = (overwrite, for the rows of the U users) gradients given dout [N x C],
+ * the saved att and, when the forward used a dropout mask, its attd (NULL: no dropout). The
+ * mask itself is not needed: with dPd = dout v^T, dscores = Pd * dPd - P * rowsum(Pd * dPd).
+ * datt: att_off[U] floats of scratch; scratch: N * C floats. */
 void fp_k_attention_bwd(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *att,
-                        const float *q, const float *k, const float *v, const int32_t *off, const size_t *att_off,
-                        int U, int C, int H, float *scratch);
+                        const float *attd, const float *q, const float *k, const float *v, const int32_t *off,
+                        const size_t *att_off, int U, int C, int H, float *scratch);
 
 /* Sampled losses over n rows of hidden states h[n x C], each scored against S items
  * items[n x S] (item 0 of a row = the positive, 1..S-1 = negatives) of the table emb[V x C]. */
@@ -121,5 +127,49 @@ double fp_k_sumsq(const float *x, size_t n);
  * with bc1 = 1 - b1^t, bc2 = 1 - b2^t supplied by the caller. */
 void fp_k_adam(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2, float eps,
                double bc1, double bc2);
+
+/* ---- DP-SGD: per-user gradient norms without per-user gradients, and the pieces of the clipped
+ * backward pass (common/model.c's fp_model_loss_grad_clipped). Users are packed as for attention:
+ * user u owns token rows [off[u], off[u+1]) (and, where said, loss rows [loff[u], loff[u+1])).
+ * Each user's result is computed by one thread in a fixed order, so it does not depend on the
+ * thread count. Squared norms are accumulated in double. */
+
+/* First half of fp_k_sampled_loss_bwd: logits [n x S] (from the fwd) is overwritten with
+ * d(scale * summed loss)/dlogits. */
+void fp_k_sampled_loss_dlogits(float *logits, int n, int S, int kind, float scale);
+/* Second half: dh[n x C] = (overwrite) sum_j dz_ij emb[items_ij]; demb[V x C] += dz_ij h_i (rows
+ * owned by one thread each); demb may be NULL (not wanted). Together the two do the same
+ * operations in the same order as fp_k_sampled_loss_bwd. */
+void fp_k_sampled_scores_bwd(float *dh, float *demb, const float *dz, const float *h, const int32_t *items,
+                             const float *emb, int n, int S, int C);
+/* x[n x C]: row i *= s[i]. */
+void fp_k_scale_rows(float *x, const float *s, int n, int C);
+/* acc[u] += sum of squares of x's rows [off[u], off[u+1]) (x [* x C]). */
+void fp_k_user_sqnorms(double *acc, const float *x, const int32_t *off, int U, int C);
+/* Per-user column sums (overwrite): sum[u] = sum of x's rows of user u, and, when sumx is not
+ * NULL, sumx[u] = sum of x * xhat, xhat = (in - mean) * rstd row-wise (LayerNorm's gamma
+ * gradient; in, mean, rstd are unused when sumx is NULL). sum, sumx: [U x C]. */
+void fp_k_user_colsums(float *sum, float *sumx, const float *x, const float *in, const float *mean,
+                       const float *rstd, const int32_t *off, int U, int C);
+/* Squared Frobenius norms of per-user weight gradients of n_out linear layers that share their
+ * input in [N x C] (y_k = in W_k, W_k [C x OC]; Wq, Wk, Wv share one): with X = user u's rows of
+ * in and G_k its rows of dout[k] [N x OC], acc[u] += sum_k ||X^T G_k||_F^2. Per user, whichever
+ * is cheaper: the ghost norm <X X^T, G_k G_k^T> (two [L x L] Gram matrices, L^2 (C + n_out OC)
+ * multiply-adds) or the materialised [C x OC] product (n_out L C OC). scratch: fp_k_threads() x
+ * fp_k_linear_user_sqnorms_scratch(longest user, C, OC) floats (at most max(2 C^2, C OC)). */
+size_t fp_k_linear_user_sqnorms_scratch(int max_len, int C, int OC);
+void fp_k_linear_user_sqnorms(double *acc, const float *in, const float *const *dout, int n_out, const int32_t *off,
+                              int U, int C, int OC, float *scratch);
+/* The tied item embedding's per-user gradient norm. User u's gradient has rows scale * dx[t] at
+ * ids[t] for its tokens t in [off[u], off[u+1]) (the input lookup) and dz[v][j] * h[v] at
+ * items[v][j] for its loss rows v in [loff[u], loff[u+1]), j < S (the output scores); rows of
+ * the same item are summed before squaring (an item can be input, positive and negative of one
+ * user), and item 0 (padding) has no gradient. acc[u] += the squared norm. scratch: fp_k_threads()
+ * x fp_k_embed_user_sqnorms_scratch(...) bytes, 8-byte aligned, whose first (n_items + 1) int32 of
+ * each thread's part must be -1 before the first call (they are left so on return). */
+size_t fp_k_embed_user_sqnorms_scratch(int n_items, int max_tok, int max_loss, int S, int C);
+void fp_k_embed_user_sqnorms(double *acc, const float *dx, const int32_t *ids, float scale, const int32_t *off,
+                             const float *dz, const float *h, const int32_t *items, const int32_t *loff, int U,
+                             int n_items, int max_tok, int max_loss, int S, int C, void *scratch);
 
 #endif

@@ -539,10 +539,11 @@ static void softmax_causal_row(float *a, int i, int L)
 }
 
 /* One (user, head), hand loops over the lower triangle. Q, K, V, O point at the user's first
- * row and the head's first column (row stride C); A is [L x L]; KT is [hs x L] scratch. */
-FP_VEC static void att_fwd_loops(float *restrict O, float *restrict A, const float *restrict Q,
-                                 const float *restrict K, const float *restrict V, float *restrict KT, int L, int hs,
-                                 int C, float scale)
+ * row and the head's first column (row stride C); A is [L x L]; KT is [hs x L] scratch. With a
+ * dropout mask M [L x L], Ad [L x L] = A * M (Ad may alias M, hence no restrict) weighs V. */
+FP_VEC static void att_fwd_loops(float *restrict O, float *restrict A, float *Ad, const float *M,
+                                 const float *restrict Q, const float *restrict K, const float *restrict V,
+                                 float *restrict KT, int L, int hs, int C, float scale)
 {
     for (int j = 0; j < L; j++)
         for (int d = 0; d < hs; d++)
@@ -560,11 +561,19 @@ FP_VEC static void att_fwd_loops(float *restrict O, float *restrict A, const flo
                 a[j] += qd * kt[j];
         }
         softmax_causal_row(a, i, L);
+        const float *w = a; /* the weights of V */
+        if (M) {
+            float *ad = Ad + (size_t)i * L;
+            const float *mk = M + (size_t)i * L;
+            for (int j = 0; j < L; j++)
+                ad[j] = a[j] * mk[j];
+            w = ad;
+        }
         float *o = O + (size_t)i * C;
         for (int d = 0; d < hs; d++)
             o[d] = 0.0f;
         for (int j = 0; j <= i; j++) {
-            const float p = a[j];
+            const float p = w[j];
             const float *v = V + (size_t)j * C;
             for (int d = 0; d < hs; d++)
                 o[d] += p * v[d];
@@ -572,110 +581,33 @@ FP_VEC static void att_fwd_loops(float *restrict O, float *restrict A, const flo
     }
 }
 
-static void att_fwd_gemm(float *O, float *A, const float *Q, const float *K, const float *V, int L, int hs, int C,
-                         float scale)
+/* Ad[n] = A * M (Ad may alias M). */
+FP_VEC static void att_mul_mask(float *Ad, const float *restrict A, const float *M, size_t n)
 {
-    /* A[L x L] = scale * Q K^T; causal softmax; O[L x hs] = A V */
+    for (size_t i = 0; i < n; i++)
+        Ad[i] = A[i] * M[i];
+}
+
+static void att_fwd_gemm(float *O, float *A, float *Ad, const float *M, const float *Q, const float *K,
+                         const float *V, int L, int hs, int C, float scale)
+{
+    /* A[L x L] = scale * Q K^T; causal softmax; with a mask Ad = A * M (the upper triangle stays
+     * 0); O[L x hs] = Ad V (or A V) */
     sgemm1(0, 1, L, L, hs, scale, Q, C, K, C, 0.0f, A, L);
     for (int i = 0; i < L; i++)
         softmax_causal_row(A + (size_t)i * L, i, L);
-    sgemm1(0, 0, L, hs, L, 1.0f, A, L, V, C, 0.0f, O, C);
+    const float *W = A;
+    if (M) {
+        att_mul_mask(Ad, A, M, (size_t)L * L);
+        W = Ad;
+    }
+    sgemm1(0, 0, L, hs, L, 1.0f, W, L, V, C, 0.0f, O, C);
 }
 
 /* Work items (user, head) in a parallel loop: dynamic, since windows differ in length. */
-void fp_k_attention_fwd(float *out, float *att, const float *q, const float *k, const float *v, const int32_t *off,
-                        const size_t *att_off, int U, int C, int H, float *scratch)
-{
-    const int hs = C / H;
-    const float scale = 1.0f / sqrtf((float)hs);
-    const int W = U * H;
-    int nt = fp_k_nthreads < W ? fp_k_nthreads : (W > 0 ? W : 1);
-#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
-    for (int w = 0; w < W; w++) {
-        int u = w / H, h = w % H;
-        int L = off[u + 1] - off[u];
-        if (L == 0)
-            continue;
-        size_t r0 = (size_t)off[u] * C + (size_t)h * hs;
-        float *A = att + att_off[u] + (size_t)h * L * L;
-        if (L >= FP_ATT_GEMM_MIN)
-            att_fwd_gemm(out + r0, A, q + r0, k + r0, v + r0, L, hs, C, scale);
-        else
-            att_fwd_loops(out + r0, A, q + r0, k + r0, v + r0, scratch + (size_t)off[u] * C + (size_t)h * hs * L, L,
-                          hs, C, scale);
-    }
-}
-
-/* dS = A * (dP - rowsum(A * dP)) on the lower triangle of row i; upper set to 0. */
-static void softmax_bwd_row(float *ds, const float *a, int i, int L)
-{
-    float dot = 0.0f;
-    for (int j = 0; j <= i; j++)
-        dot += a[j] * ds[j];
-    for (int j = 0; j <= i; j++)
-        ds[j] = a[j] * (ds[j] - dot);
-    for (int j = i + 1; j < L; j++)
-        ds[j] = 0.0f;
-}
-
-FP_VEC static void att_bwd_loops(float *restrict dQ, float *restrict dK, float *restrict dV, float *restrict dA,
-                                 const float *restrict dO, const float *restrict A, const float *restrict Q,
-                                 const float *restrict K, const float *restrict V, float *restrict VT, int L, int hs,
-                                 int C, float scale)
-{
-    for (int j = 0; j < L; j++) {
-        for (int d = 0; d < hs; d++) {
-            VT[(size_t)d * L + j] = V[(size_t)j * C + d];
-            dK[(size_t)j * C + d] = 0.0f;
-            dV[(size_t)j * C + d] = 0.0f;
-        }
-    }
-    for (int i = 0; i < L; i++) {
-        const float *a = A + (size_t)i * L;
-        float *ds = dA + (size_t)i * L;
-        const float *go = dO + (size_t)i * C;
-        /* dP[j] = <dO_i, V_j> */
-        for (int j = 0; j <= i; j++)
-            ds[j] = 0.0f;
-        for (int d = 0; d < hs; d++) {
-            const float g = go[d];
-            const float *vt = VT + (size_t)d * L;
-            for (int j = 0; j <= i; j++)
-                ds[j] += g * vt[j];
-        }
-        softmax_bwd_row(ds, a, i, L);
-        /* dQ_i = scale sum_j dS_ij K_j; dK_j += scale dS_ij Q_i; dV_j += A_ij dO_i */
-        float *gq = dQ + (size_t)i * C;
-        const float *qi = Q + (size_t)i * C;
-        for (int d = 0; d < hs; d++)
-            gq[d] = 0.0f;
-        for (int j = 0; j <= i; j++) {
-            const float s = ds[j] * scale, p = a[j];
-            const float *kj = K + (size_t)j * C;
-            float *gk = dK + (size_t)j * C, *gv = dV + (size_t)j * C;
-            for (int d = 0; d < hs; d++) {
-                gq[d] += s * kj[d];
-                gk[d] += s * qi[d];
-                gv[d] += p * go[d];
-            }
-        }
-    }
-}
-
-static void att_bwd_gemm(float *dQ, float *dK, float *dV, float *dA, const float *dO, const float *A, const float *Q,
-                         const float *K, const float *V, int L, int hs, int C, float scale)
-{
-    sgemm1(0, 1, L, L, hs, 1.0f, dO, C, V, C, 0.0f, dA, L); /* dP = dO V^T */
-    for (int i = 0; i < L; i++)
-        softmax_bwd_row(dA + (size_t)i * L, A + (size_t)i * L, i, L);
-    sgemm1(0, 0, L, hs, L, scale, dA, L, K, C, 0.0f, dQ, C); /* dQ = scale dS K */
-    sgemm1(1, 0, L, hs, L, scale, dA, L, Q, C, 0.0f, dK, C); /* dK = scale dS^T Q */
-    sgemm1(1, 0, L, hs, L, 1.0f, A, L, dO, C, 0.0f, dV, C);  /* dV = A^T dO */
-}
-
-void fp_k_attention_bwd(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *att,
-                        const float *q, const float *k, const float *v, const int32_t *off, const size_t *att_off,
-                        int U, int C, int H, float *scratch)
+void fp_k_attention_fwd(float *out, float *att, float *attd, const float *mask, const float *q, const float *k,
+                        const float *v, const int32_t *off, const size_t *att_off, int U, int C, int H,
+                        float *scratch)
 {
     const int hs = C / H;
     const float scale = 1.0f / sqrtf((float)hs);
@@ -689,12 +621,115 @@ void fp_k_attention_bwd(float *dq, float *dk, float *dv, float *datt, const floa
             continue;
         size_t r0 = (size_t)off[u] * C + (size_t)h * hs;
         size_t a0 = att_off[u] + (size_t)h * L * L;
+        float *A = att + a0, *Ad = mask ? attd + a0 : NULL;
+        const float *M = mask ? mask + a0 : NULL;
         if (L >= FP_ATT_GEMM_MIN)
-            att_bwd_gemm(dq + r0, dk + r0, dv + r0, datt + a0, dout + r0, att + a0, q + r0, k + r0, v + r0, L, hs, C,
-                         scale);
+            att_fwd_gemm(out + r0, A, Ad, M, q + r0, k + r0, v + r0, L, hs, C, scale);
         else
-            att_bwd_loops(dq + r0, dk + r0, dv + r0, datt + a0, dout + r0, att + a0, q + r0, k + r0, v + r0,
+            att_fwd_loops(out + r0, A, Ad, M, q + r0, k + r0, v + r0,
                           scratch + (size_t)off[u] * C + (size_t)h * hs * L, L, hs, C, scale);
+    }
+}
+
+/* Softmax backward on the lower triangle of row i, in place on ds (upper set to 0). Without
+ * dropout (ad == a) ds holds dP and dS = A * (dP - rowsum(A * dP)). With it ds holds dPd, the
+ * gradient of Ad = A * M, so dP = M * dPd and A * dP = Ad * dPd: dS = Ad * dPd - A * rowsum(Ad *
+ * dPd), which needs no mask. */
+static void softmax_bwd_row(float *ds, const float *a, const float *ad, int i, int L)
+{
+    float dot = 0.0f;
+    for (int j = 0; j <= i; j++)
+        dot += ad[j] * ds[j];
+    if (ad == a)
+        for (int j = 0; j <= i; j++)
+            ds[j] = a[j] * (ds[j] - dot);
+    else
+        for (int j = 0; j <= i; j++)
+            ds[j] = ad[j] * ds[j] - a[j] * dot;
+    for (int j = i + 1; j < L; j++)
+        ds[j] = 0.0f;
+}
+
+/* Ad: A * mask as the forward saved it, or A itself without dropout. */
+FP_VEC static void att_bwd_loops(float *restrict dQ, float *restrict dK, float *restrict dV, float *restrict dA,
+                                 const float *restrict dO, const float *restrict A, const float *Ad,
+                                 const float *restrict Q, const float *restrict K, const float *restrict V,
+                                 float *restrict VT, int L, int hs, int C, float scale)
+{
+    for (int j = 0; j < L; j++) {
+        for (int d = 0; d < hs; d++) {
+            VT[(size_t)d * L + j] = V[(size_t)j * C + d];
+            dK[(size_t)j * C + d] = 0.0f;
+            dV[(size_t)j * C + d] = 0.0f;
+        }
+    }
+    for (int i = 0; i < L; i++) {
+        const float *a = A + (size_t)i * L, *ad = Ad + (size_t)i * L;
+        float *ds = dA + (size_t)i * L;
+        const float *go = dO + (size_t)i * C;
+        /* dP[j] (or dPd[j]) = <dO_i, V_j> */
+        for (int j = 0; j <= i; j++)
+            ds[j] = 0.0f;
+        for (int d = 0; d < hs; d++) {
+            const float g = go[d];
+            const float *vt = VT + (size_t)d * L;
+            for (int j = 0; j <= i; j++)
+                ds[j] += g * vt[j];
+        }
+        softmax_bwd_row(ds, a, ad, i, L);
+        /* dQ_i = scale sum_j dS_ij K_j; dK_j += scale dS_ij Q_i; dV_j += Ad_ij dO_i */
+        float *gq = dQ + (size_t)i * C;
+        const float *qi = Q + (size_t)i * C;
+        for (int d = 0; d < hs; d++)
+            gq[d] = 0.0f;
+        for (int j = 0; j <= i; j++) {
+            const float s = ds[j] * scale, p = ad[j];
+            const float *kj = K + (size_t)j * C;
+            float *gk = dK + (size_t)j * C, *gv = dV + (size_t)j * C;
+            for (int d = 0; d < hs; d++) {
+                gq[d] += s * kj[d];
+                gk[d] += s * qi[d];
+                gv[d] += p * go[d];
+            }
+        }
+    }
+}
+
+static void att_bwd_gemm(float *dQ, float *dK, float *dV, float *dA, const float *dO, const float *A, const float *Ad,
+                         const float *Q, const float *K, const float *V, int L, int hs, int C, float scale)
+{
+    sgemm1(0, 1, L, L, hs, 1.0f, dO, C, V, C, 0.0f, dA, L); /* dP (dPd) = dO V^T */
+    for (int i = 0; i < L; i++)
+        softmax_bwd_row(dA + (size_t)i * L, A + (size_t)i * L, Ad + (size_t)i * L, i, L);
+    sgemm1(0, 0, L, hs, L, scale, dA, L, K, C, 0.0f, dQ, C); /* dQ = scale dS K */
+    sgemm1(1, 0, L, hs, L, scale, dA, L, Q, C, 0.0f, dK, C); /* dK = scale dS^T Q */
+    sgemm1(1, 0, L, hs, L, 1.0f, Ad, L, dO, C, 0.0f, dV, C); /* dV = Ad^T dO */
+}
+
+void fp_k_attention_bwd(float *dq, float *dk, float *dv, float *datt, const float *dout, const float *att,
+                        const float *attd, const float *q, const float *k, const float *v, const int32_t *off,
+                        const size_t *att_off, int U, int C, int H, float *scratch)
+{
+    if (!attd)
+        attd = att; /* no dropout: the probabilities weighed V themselves */
+    const int hs = C / H;
+    const float scale = 1.0f / sqrtf((float)hs);
+    const int W = U * H;
+    int nt = fp_k_nthreads < W ? fp_k_nthreads : (W > 0 ? W : 1);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int w = 0; w < W; w++) {
+        int u = w / H, h = w % H;
+        int L = off[u + 1] - off[u];
+        if (L == 0)
+            continue;
+        size_t r0 = (size_t)off[u] * C + (size_t)h * hs;
+        size_t a0 = att_off[u] + (size_t)h * L * L;
+        if (L >= FP_ATT_GEMM_MIN)
+            att_bwd_gemm(dq + r0, dk + r0, dv + r0, datt + a0, dout + r0, att + a0, attd + a0, q + r0, k + r0, v + r0,
+                         L, hs, C, scale);
+        else
+            att_bwd_loops(dq + r0, dk + r0, dv + r0, datt + a0, dout + r0, att + a0, attd + a0, q + r0, k + r0,
+                          v + r0, scratch + (size_t)off[u] * C + (size_t)h * hs * L, L, hs, C, scale);
     }
 }
 
@@ -888,5 +923,293 @@ void fp_k_adam(float *p, const float *g, float *m, float *v, size_t n, float lr,
         size_t s = c * FP_SUM_CHUNK;
         size_t e = s + FP_SUM_CHUNK < n ? s + FP_SUM_CHUNK : n;
         adam_chunk(p + s, g + s, m + s, v + s, e - s, b1, b2, step, bc2_sqrt, eps);
+    }
+}
+
+/* ---------------------------------------------------------------- DP-SGD: per-user norms */
+
+void fp_k_sampled_loss_dlogits(float *logits, int n, int S, int kind, float scale)
+{
+    int nt = team_for((size_t)n * S * 8, n);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int i = 0; i < n; i++) {
+        float *z = logits + (size_t)i * S;
+        if (kind == FP_K_LOSS_BCE) {
+            z[0] = -sigmoidf(-z[0]) * scale; /* d softplus(-z)/dz = s(z) - 1 */
+            for (int j = 1; j < S; j++)
+                z[j] = sigmoidf(z[j]) * scale;
+        } else {
+            float mx = z[0];
+            for (int j = 1; j < S; j++)
+                mx = z[j] > mx ? z[j] : mx;
+            float s = 0.0f;
+            for (int j = 0; j < S; j++) {
+                z[j] = expf(z[j] - mx);
+                s += z[j];
+            }
+            for (int j = 0; j < S; j++)
+                z[j] = z[j] / s * scale;
+            z[0] -= scale;
+        }
+    }
+}
+
+void fp_k_sampled_scores_bwd(float *dh, float *demb, const float *dz, const float *h, const int32_t *items,
+                             const float *emb, int n, int S, int C)
+{
+    int nt = team_for((size_t)n * S * C / 4, n);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int i = 0; i < n; i++) {
+        const float *z = dz + (size_t)i * S;
+        const int32_t *it = items + (size_t)i * S;
+        float *g = dh + (size_t)i * C;
+        for (int c = 0; c < C; c++)
+            g[c] = 0.0f;
+        for (int j = 0; j < S; j++) {
+            const float d = z[j];
+            const float *e = emb + (size_t)it[j] * C;
+            for (int c = 0; c < C; c++)
+                g[c] += d * e[c];
+        }
+    }
+    if (!demb)
+        return;
+    /* demb rows: item id modulo the team size picks the one thread that owns a row. */
+    nt = team_for((size_t)n * S * C, 1 << 30);
+#pragma omp parallel num_threads(nt)
+    {
+        int t = omp_get_thread_num(), nth = omp_get_num_threads();
+        for (int i = 0; i < n; i++) {
+            const float *hi = h + (size_t)i * C;
+            const float *z = dz + (size_t)i * S;
+            const int32_t *it = items + (size_t)i * S;
+            for (int j = 0; j < S; j++) {
+                if (it[j] % nth != t)
+                    continue;
+                float *e = demb + (size_t)it[j] * C;
+                const float d = z[j];
+                for (int c = 0; c < C; c++)
+                    e[c] += d * hi[c];
+            }
+        }
+    }
+}
+
+void fp_k_scale_rows(float *x, const float *s, int n, int C)
+{
+    int nt = team_for((size_t)n * C, n);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int i = 0; i < n; i++) {
+        float *r = x + (size_t)i * C;
+        const float f = s[i];
+        for (int c = 0; c < C; c++)
+            r[c] *= f;
+    }
+}
+
+/* Sum of squares of n floats in double, 8 partial sums in a fixed pattern. */
+FP_VEC static double sumsq_d(const float *restrict x, size_t n)
+{
+    double acc[8] = {0};
+    size_t n8 = n / 8 * 8;
+    for (size_t i = 0; i < n8; i += 8)
+        for (int l = 0; l < 8; l++)
+            acc[l] += (double)x[i + l] * (double)x[i + l];
+    for (size_t i = n8; i < n; i++)
+        acc[i - n8] += (double)x[i] * (double)x[i];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* Threads for a loop over U users of ~work multiply-adds in all. */
+static int user_team(int U, double work)
+{
+    int nt = fp_k_nthreads;
+    if (work < FP_PAR_MIN)
+        nt = 1;
+    if (nt > U)
+        nt = U;
+    return nt < 1 ? 1 : nt;
+}
+
+void fp_k_user_sqnorms(double *acc, const float *x, const int32_t *off, int U, int C)
+{
+    int nt = user_team(U, (double)(off[U] - off[0]) * C);
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int u = 0; u < U; u++)
+        acc[u] += sumsq_d(x + (size_t)off[u] * C, (size_t)(off[u + 1] - off[u]) * C);
+}
+
+void fp_k_user_colsums(float *sum, float *sumx, const float *x, const float *in, const float *mean,
+                       const float *rstd, const int32_t *off, int U, int C)
+{
+    int nt = user_team(U, (double)(off[U] - off[0]) * C * (sumx ? 2 : 1));
+#pragma omp parallel for num_threads(nt) schedule(static)
+    for (int u = 0; u < U; u++) {
+        float *s = sum + (size_t)u * C, *sx = sumx ? sumx + (size_t)u * C : NULL;
+        for (int c = 0; c < C; c++)
+            s[c] = 0.0f;
+        if (sx)
+            for (int c = 0; c < C; c++)
+                sx[c] = 0.0f;
+        for (int i = off[u]; i < off[u + 1]; i++) {
+            const float *r = x + (size_t)i * C;
+            for (int c = 0; c < C; c++)
+                s[c] += r[c];
+            if (sx) {
+                const float *xi = in + (size_t)i * C;
+                const float mu = mean[i], rs = rstd[i];
+                for (int c = 0; c < C; c++)
+                    sx[c] += r[c] * ((xi[c] - mu) * rs);
+            }
+        }
+    }
+}
+
+/* <a, b> of n floats in 8 float partial sums, combined in a fixed order (as sum8). */
+static inline float dot8(const float *restrict a, const float *restrict b, int n)
+{
+    float acc[8] = {0};
+    int c = 0;
+    for (; c + 8 <= n; c += 8)
+        for (int l = 0; l < 8; l++)
+            acc[l] += a[c + l] * b[c + l];
+    for (int l = 0; c < n; c++, l++)
+        acc[l] += a[c] * b[c];
+    return ((acc[0] + acc[1]) + (acc[2] + acc[3])) + ((acc[4] + acc[5]) + (acc[6] + acc[7]));
+}
+
+/* Lower triangle (with the diagonal) of the Gram matrix of L rows of X (row stride ld, width n):
+ * A[t * (t + 1) / 2 + t'] = <x_t, x_t'> for t' <= t. By hand: at the lengths where the ghost norm
+ * is chosen (L < C), a library sgemm call costs more in overhead than the arithmetic. */
+FP_VEC static void gram_lower(float *restrict A, const float *restrict X, int L, int n, int ld)
+{
+    for (int t = 0, k = 0; t < L; t++)
+        for (int u = 0; u <= t; u++)
+            A[k++] = dot8(X + (size_t)t * ld, X + (size_t)u * ld, n);
+}
+
+/* sum_{t,t'} A_tt' B_tt' from two lower triangles (off-diagonal terms twice), in double. */
+static double gram_dot(const float *A, const float *B, int L)
+{
+    double s = 0.0;
+    for (int t = 0, k = 0; t < L; t++) {
+        for (int u = 0; u < t; u++, k++)
+            s += 2.0 * (double)A[k] * (double)B[k];
+        s += (double)A[k] * (double)B[k];
+        k++;
+    }
+    return s;
+}
+
+size_t fp_k_linear_user_sqnorms_scratch(int max_len, int C, int OC)
+{
+    /* The ghost norm is chosen only when L (C + n OC) < n C OC, which implies L < C: its two
+     * [L x L] Gram matrices never need more than 2 C^2 floats, whatever maxlen is. */
+    size_t L = (size_t)(max_len < C ? max_len : C);
+    size_t ghost = 2 * L * L, mat = (size_t)C * (size_t)OC;
+    return ghost > mat ? ghost : mat;
+}
+
+void fp_k_linear_user_sqnorms(double *acc, const float *in, const float *const *dout, int n_out, const int32_t *off,
+                              int U, int C, int OC, float *scratch)
+{
+    int max_len = 0;
+    for (int u = 0; u < U; u++)
+        max_len = off[u + 1] - off[u] > max_len ? off[u + 1] - off[u] : max_len;
+    const size_t stride = fp_k_linear_user_sqnorms_scratch(max_len, C, OC);
+    int nt = user_team(U, (double)(off[U] - off[0]) * C * OC * n_out);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 1)
+    for (int u = 0; u < U; u++) {
+        const int L = off[u + 1] - off[u];
+        if (L == 0)
+            continue;
+        float *sc = scratch + (size_t)omp_get_thread_num() * stride;
+        const float *X = in + (size_t)off[u] * C;
+        double s = 0.0;
+        /* ghost: L^2 C for X X^T once, L^2 OC per G G^T; materialised: L C OC per product */
+        if ((double)L * (C + (double)n_out * OC) < (double)n_out * C * OC) {
+            float *A = sc, *B = sc + (size_t)L * L; /* lower triangles: L (L + 1) / 2 each */
+            gram_lower(A, X, L, C, C);
+            for (int k = 0; k < n_out; k++) {
+                gram_lower(B, dout[k] + (size_t)off[u] * OC, L, OC, OC);
+                s += gram_dot(A, B, L);
+            }
+        } else {
+            for (int k = 0; k < n_out; k++) {
+                const float *G = dout[k] + (size_t)off[u] * OC;
+                sgemm1(1, 0, C, OC, L, 1.0f, X, C, G, OC, 0.0f, sc, OC);
+                s += sumsq_d(sc, (size_t)C * OC);
+            }
+        }
+        acc[u] += s;
+    }
+}
+
+/* Per-thread scratch of fp_k_embed_user_sqnorms: slot[n_items + 1] (int32, -1 = item not seen
+ * by this user), touched[E] (int32: the items seen, to reset slot), then vec[E x C] (double:
+ * one summed gradient row per distinct item), E = max_tok + max_loss * S entries at most. */
+static size_t embed_entries(int max_tok, int max_loss, int S) { return (size_t)max_tok + (size_t)max_loss * S; }
+
+static size_t embed_ints(int n_items, int max_tok, int max_loss, int S)
+{
+    size_t n = (size_t)n_items + 1 + embed_entries(max_tok, max_loss, S);
+    return (n + 1) / 2 * 2; /* keep the doubles 8-byte aligned */
+}
+
+size_t fp_k_embed_user_sqnorms_scratch(int n_items, int max_tok, int max_loss, int S, int C)
+{
+    return embed_ints(n_items, max_tok, max_loss, S) * sizeof(int32_t) +
+           embed_entries(max_tok, max_loss, S) * (size_t)C * sizeof(double);
+}
+
+/* vec[slot of id] += coef * x, creating the slot (zeroed) on the item's first row. */
+static inline void embed_add(int32_t *slot, int32_t *touched, double *vec, int *ns, int32_t id, float coef,
+                             const float *x, int C)
+{
+    int s = slot[id];
+    double *v;
+    if (s < 0) {
+        s = slot[id] = (*ns)++;
+        touched[s] = id;
+        v = vec + (size_t)s * C;
+        for (int c = 0; c < C; c++)
+            v[c] = 0.0;
+    } else {
+        v = vec + (size_t)s * C;
+    }
+    for (int c = 0; c < C; c++)
+        v[c] += (double)(coef * x[c]);
+}
+
+void fp_k_embed_user_sqnorms(double *acc, const float *dx, const int32_t *ids, float scale, const int32_t *off,
+                             const float *dz, const float *h, const int32_t *items, const int32_t *loff, int U,
+                             int n_items, int max_tok, int max_loss, int S, int C, void *scratch)
+{
+    const size_t stride = fp_k_embed_user_sqnorms_scratch(n_items, max_tok, max_loss, S, C);
+    const size_t ints = embed_ints(n_items, max_tok, max_loss, S);
+    int nt = user_team(U, ((double)(off[U] - off[0]) + (double)(loff[U] - loff[0]) * S) * C);
+#pragma omp parallel for num_threads(nt) schedule(dynamic, 4)
+    for (int u = 0; u < U; u++) {
+        char *base = (char *)scratch + (size_t)omp_get_thread_num() * stride;
+        int32_t *slot = (int32_t *)(void *)base, *touched = slot + n_items + 1;
+        double *vec = (double *)(void *)(base + ints * sizeof(int32_t));
+        int ns = 0;
+        for (int t = off[u]; t < off[u + 1]; t++)
+            if (ids[t] != 0)
+                embed_add(slot, touched, vec, &ns, ids[t], scale, dx + (size_t)t * C, C);
+        for (int r = loff[u]; r < loff[u + 1]; r++)
+            for (int j = 0; j < S; j++) {
+                const int32_t id = items[(size_t)r * S + j];
+                if (id != 0)
+                    embed_add(slot, touched, vec, &ns, id, dz[(size_t)r * S + j], h + (size_t)r * C, C);
+            }
+        double s = 0.0;
+        for (int k = 0; k < ns; k++) {
+            const double *v = vec + (size_t)k * C;
+            for (int c = 0; c < C; c++)
+                s += v[c] * v[c];
+            slot[touched[k]] = -1;
+        }
+        acc[u] += s;
     }
 }

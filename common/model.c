@@ -26,13 +26,19 @@
  *   l2_emb * ||item_emb|| (not squared); ours is the usual squared L2 penalty.
  * Gradients reach item_emb from both the input lookup and the output scoring.
  *
- * Dropout is inverted (kept values scaled by 1/(1-p)); each of its 1 + 3*blocks sites draws
+ * Dropout is inverted (kept values scaled by 1/(1-p)); each of its 1 + 4*blocks sites draws
  * one 64-bit seed from the caller's fp_rng_t, and the mask is a pure function of that seed
- * (fp_k_dropout_mask), so results do not depend on the thread count.
+ * (fp_k_dropout_mask), so results do not depend on the thread count. Seed order: embedding,
+ * then (attention output, relu, ffn output) per block, then the attention probabilities of
+ * each block (appended last, so the first 1 + 3*blocks seeds keep their meaning). The
+ * attention-probability mask has the packed layout of att (fp_k_attention_layout) and only its
+ * att_off[U] used floats are drawn.
  *
  * Memory: every activation is allocated at create time for max_batch * maxlen tokens and never
  * during a step; activation buffers are not zero-filled, so only the pages a batch touches
- * become resident. */
+ * become resident. The DP-SGD scratch is the exception: allocated at the first
+ * fp_model_loss_grad_clipped call (see model.h), whose norm pass (dp_norm_pass) mirrors backward()
+ * layer by layer and whose clipped pass is backward_from_dhl, the very code of the normal pass. */
 #include "common/model.h"
 
 #include <math.h>
@@ -57,6 +63,7 @@ typedef struct {               /* one block's saved activations; rows are packed
     float *ln1, *ln1_mu, *ln1_rs; /* [N x C], [N], [N] */
     float *q, *k, *v;          /* [N x C] each */
     float *att;                /* [att_cap]: per user, H x [L x L] probabilities */
+    float *attd;               /* [att_cap]: dropout mask of att, then att * mask (NULL when dropout == 0) */
     float *atty;               /* [N x C] attention output before Wo */
     float *res1;               /* [N x C] x + dropout(atty Wo + bo) */
     float *ln2, *ln2_mu, *ln2_rs;
@@ -85,6 +92,7 @@ struct fp_model {
     int32_t *loss_row;       /* [max_tok] token row of each loss position, -1 = padding */
     int32_t *items;          /* [max_tok x S] positive then negatives of each loss position */
     int32_t *prof_row;       /* [max_batch] token row of each user's last position, -1 = padding */
+    int32_t *loff;           /* [max_batch + 1] user u's loss positions are [loff[u], loff[u+1]) */
     int N, U, NL;            /* tokens, users, loss positions of the current batch */
 
     /* forward */
@@ -92,13 +100,26 @@ struct fp_model {
     blk_act_t *act;       /* [blocks] */
     float *lnf, *lnf_mu, *lnf_rs;
     float *hl, *logits;   /* [NL x C] hidden states at loss positions, [NL x S] logits */
-    uint64_t *seeds;      /* [1 + 3 * blocks] dropout seeds of this step */
-    int dropout_on;
+    uint64_t *seeds;      /* [1 + 4 * blocks] dropout seeds of this step */
+    int dropout_on;       /* training with dropout > 0 */
+    int att_drop_on;      /* training with attn_dropout > 0 */
 
     /* backward scratch */
     float *tmp, *dres, *s1, *s2, *dq, *dk, *dv, *dhl; /* [N x C] each */
     float *datt;                                     /* [att_cap] */
+
+    /* DP-SGD scratch (fp_model_loss_grad_clipped), allocated at its first call */
+    int dp_ready;
+    double *dp_n2;      /* [max_batch] per-user squared gradient norms */
+    float *dp_rs;       /* [max_tok] clip factor of each loss position's user */
+    int32_t *dp_ident;  /* [max_batch + 1] 0, 1, 2, ...: one "user" per row of dp_ub / dp_ug */
+    float *dp_ub, *dp_ug; /* [max_batch x C] per-user bias / LayerNorm gain gradients */
+    float *dp_junk;     /* [2 x C] parameter gradients the norm pass does not want */
+    float *dp_lin;      /* per thread: fp_k_linear_user_sqnorms scratch */
+    void *dp_emb;       /* per thread: fp_k_embed_user_sqnorms scratch */
 };
+
+static void dp_free(fp_model_t *m); /* DP-SGD scratch (below) */
 
 /* ------------------------------------------------------------------ config, layout */
 
@@ -119,6 +140,9 @@ fp_status fp_model_config_validate(const fp_model_config_t *c)
         return FP_FAIL(FP_ERR_INVALID, "model config: maxlen = %d must be in [1, %d]", c->maxlen, FP_MAX_LEN);
     if (!(c->dropout >= 0.0f && c->dropout < 1.0f))
         return FP_FAIL(FP_ERR_INVALID, "model config: dropout = %g must be in [0, 1)", (double)c->dropout);
+    if (!(c->attn_dropout >= 0.0f && c->attn_dropout < 1.0f))
+        return FP_FAIL(FP_ERR_INVALID, "model config: attn_dropout = %g must be in [0, 1)",
+                       (double)c->attn_dropout);
     if (c->loss != FP_LOSS_BCE && c->loss != FP_LOSS_SAMPLED_SOFTMAX)
         return FP_FAIL(FP_ERR_INVALID, "model config: unknown loss %d", (int)c->loss);
     if (c->n_neg < 1 || c->n_neg > FP_MAX_NEG)
@@ -248,7 +272,7 @@ fp_status fp_model_create(const fp_model_config_t *cfg, int max_batch, int threa
     }
 
     const size_t NC = max_tok * C;
-    const int drop = cfg->dropout > 0.0f;
+    const int drop = cfg->dropout > 0.0f, drop_att = cfg->attn_dropout > 0.0f;
     m->tok_id = mem_alloc(max_tok, sizeof(int32_t), &st);
     m->tok_t = mem_alloc(max_tok, sizeof(int32_t), &st);
     m->off = mem_alloc((size_t)max_batch + 1, sizeof(int32_t), &st);
@@ -256,7 +280,8 @@ fp_status fp_model_create(const fp_model_config_t *cfg, int max_batch, int threa
     m->loss_row = mem_alloc(max_tok, sizeof(int32_t), &st);
     m->items = mem_alloc(max_tok * S, sizeof(int32_t), &st);
     m->prof_row = mem_alloc((size_t)max_batch, sizeof(int32_t), &st);
-    m->seeds = mem_alloc(1 + 3 * (size_t)L, sizeof(uint64_t), &st);
+    m->loff = mem_alloc((size_t)max_batch + 1, sizeof(int32_t), &st);
+    m->seeds = mem_alloc(1 + 4 * (size_t)L, sizeof(uint64_t), &st);
     m->x0 = act_alloc(NC, &st);
     if (drop)
         m->m_emb = act_alloc(NC, &st);
@@ -282,6 +307,8 @@ fp_status fp_model_create(const fp_model_config_t *cfg, int max_batch, int threa
             a->m_relu = act_alloc(NC, &st);
             a->m_ffn = act_alloc(NC, &st);
         }
+        if (drop_att)
+            a->attd = act_alloc(m->att_cap, &st);
     }
     m->lnf = act_alloc(NC, &st);
     m->lnf_mu = act_alloc(max_tok, &st);
@@ -317,7 +344,7 @@ void fp_model_destroy(fp_model_t *m)
             blk_act_t *a = &m->act[b];
             float *bufs[] = {a->ln1, a->ln1_mu, a->ln1_rs, a->q,   a->k,      a->v,      a->att,    a->atty,
                              a->res1, a->ln2, a->ln2_mu, a->ln2_rs, a->fch, a->fa, a->out, a->m_att, a->m_relu,
-                             a->m_ffn};
+                             a->m_ffn, a->attd};
             for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
                 free(bufs[i]);
         }
@@ -334,6 +361,8 @@ void fp_model_destroy(fp_model_t *m)
     free(m->loss_row);
     free(m->items);
     free(m->prof_row);
+    free(m->loff);
+    dp_free(m);
     free(m->seeds);
     free(m->boff);
     fp_buffer_free(m->params);
@@ -408,6 +437,7 @@ static fp_status pack(fp_model_t *m, const int32_t *seq, const int32_t *pos, con
     int n = 0, nl = 0;
     for (int b = 0; b < B; b++) {
         m->off[b] = n;
+        m->loff[b] = nl;
         for (int t = 0; t < T; t++) {
             size_t i = (size_t)b * T + t;
             int row = -1;
@@ -428,6 +458,7 @@ static fp_status pack(fp_model_t *m, const int32_t *seq, const int32_t *pos, con
         }
     }
     m->off[B] = n;
+    m->loff[B] = nl;
     m->N = n;
     m->U = B;
     m->NL = nl;
@@ -443,7 +474,7 @@ static void forward(fp_model_t *m)
     const int N = m->N, C = c->dim, H = c->heads;
     const size_t NC = (size_t)N * C;
     const float p = c->dropout;
-    const int drop = m->dropout_on;
+    const int drop = m->dropout_on, drop_att = m->att_drop_on;
     const float *P = m->params;
 
     /* x0[N x C] = item_emb[id] * sqrt(dim) + pos_emb[t]; dropout (the padding mask is implicit) */
@@ -462,7 +493,11 @@ static void forward(fp_model_t *m)
         fp_k_linear_fwd(a->q, a->ln1, P + o->wq, P + o->bq, N, C, C);
         fp_k_linear_fwd(a->k, a->ln1, P + o->wk, P + o->bk, N, C, C);
         fp_k_linear_fwd(a->v, a->ln1, P + o->wv, P + o->bv, N, C, C);
-        fp_k_attention_fwd(a->atty, a->att, a->q, a->k, a->v, m->off, m->att_off, m->U, C, H, m->tmp);
+        /* dropout on the attention probabilities (SASRec's): attd holds the mask, then att * mask */
+        if (drop_att)
+            fp_k_dropout_mask(a->attd, m->att_off[m->U], c->attn_dropout, m->seeds[1 + 3 * c->blocks + l]);
+        fp_k_attention_fwd(a->atty, a->att, drop_att ? a->attd : NULL, drop_att ? a->attd : NULL, a->q, a->k, a->v, m->off,
+                           m->att_off, m->U, C, H, m->tmp);
         fp_k_linear_fwd(m->tmp, a->atty, P + o->wo, P + o->bo, N, C, C);
         if (drop)
             fp_k_dropout_mask(a->m_att, NC, p, m->seeds[1 + 3 * l]);
@@ -491,22 +526,19 @@ static double loss_forward(fp_model_t *m)
                                  m->cfg.loss == FP_LOSS_BCE ? FP_K_LOSS_BCE : FP_K_LOSS_SOFTMAX);
 }
 
-/* Backward of (data loss / NL) into m->grads, which the caller has prepared (zero, except the
- * item_emb L2 term). */
-static void backward(fp_model_t *m)
+/* Backward from m->dhl [NL x C], the gradient at the loss positions' hidden states (whose
+ * item_emb part, the output scores, the caller has already added), into m->grads (+=). */
+static void backward_from_dhl(fp_model_t *m)
 {
     const fp_model_config_t *c = &m->cfg;
     const int N = m->N, C = c->dim, H = c->heads;
     const size_t NC = (size_t)N * C;
-    const int drop = m->dropout_on;
+    const int drop = m->dropout_on, drop_att = m->att_drop_on;
     const float *P = m->params;
     float *G = m->grads;
     if (m->NL == 0)
         return;
 
-    /* loss -> dhl [NL x C], item_emb rows (+=) */
-    fp_k_sampled_loss_bwd(m->dhl, G + m->o_wte, m->logits, m->hl, m->items, P + m->o_wte, m->NL, m->S, C,
-                          c->loss == FP_LOSS_BCE ? FP_K_LOSS_BCE : FP_K_LOSS_SOFTMAX, 1.0f / (float)m->NL);
     /* dlnf [N x C] (in s1): scatter of dhl; padding loss rows feed ln_f.b directly */
     memset(m->s1, 0, NC * sizeof *m->s1);
     fp_k_scatter_rows_add(m->s1, G + m->o_lnfb, m->dhl, m->loss_row, m->NL, C);
@@ -536,8 +568,8 @@ static void backward(fp_model_t *m)
             dao = m->s1;
         }
         fp_k_linear_bwd(m->s2, G + o->wo, G + o->bo, dao, a->atty, P + o->wo, N, C, C, 0);
-        fp_k_attention_bwd(m->dq, m->dk, m->dv, m->datt, m->s2, a->att, a->q, a->k, a->v, m->off, m->att_off, m->U,
-                           C, H, m->tmp);
+        fp_k_attention_bwd(m->dq, m->dk, m->dv, m->datt, m->s2, a->att, drop_att ? a->attd : NULL, a->q, a->k, a->v,
+                           m->off, m->att_off, m->U, C, H, m->tmp);
         fp_k_linear_bwd(m->s1, G + o->wq, G + o->bq, m->dq, a->ln1, P + o->wq, N, C, C, 0);
         fp_k_linear_bwd(m->s1, G + o->wk, G + o->bk, m->dk, a->ln1, P + o->wk, N, C, C, 1);
         fp_k_linear_bwd(m->s1, G + o->wv, G + o->bv, m->dv, a->ln1, P + o->wv, N, C, C, 1);
@@ -553,6 +585,19 @@ static void backward(fp_model_t *m)
     fp_k_embed_bwd(G + m->o_wte, G + m->o_wpe, dx, m->tok_id, m->tok_t, sqrtf((float)C), N, C);
 }
 
+/* Backward of (data loss / NL) into m->grads, which the caller has prepared (zero, except the
+ * item_emb L2 term). */
+static void backward(fp_model_t *m)
+{
+    if (m->NL == 0)
+        return;
+    /* loss -> dhl [NL x C], item_emb rows (+=) */
+    fp_k_sampled_loss_bwd(m->dhl, m->grads + m->o_wte, m->logits, m->hl, m->items, m->params + m->o_wte, m->NL,
+                          m->S, m->cfg.dim, m->cfg.loss == FP_LOSS_BCE ? FP_K_LOSS_BCE : FP_K_LOSS_SOFTMAX,
+                          1.0f / (float)m->NL);
+    backward_from_dhl(m);
+}
+
 /* Common entry of the loss functions: validate, pack, draw dropout seeds. */
 static fp_status begin_step(fp_model_t *m, const fp_batch_t *b, int training, fp_rng_t *rng)
 {
@@ -564,10 +609,15 @@ static fp_status begin_step(fp_model_t *m, const fp_batch_t *b, int training, fp
     if (st != FP_OK)
         return st;
     m->dropout_on = training && m->cfg.dropout > 0.0f;
-    if (m->dropout_on) {
+    m->att_drop_on = training && m->cfg.attn_dropout > 0.0f;
+    if (m->dropout_on || m->att_drop_on) {
         if (!rng)
-            return FP_FAIL(FP_ERR_INVALID, "training with dropout %g needs an rng", (double)m->cfg.dropout);
-        for (int i = 0; i < 1 + 3 * m->cfg.blocks; i++)
+            return FP_FAIL(FP_ERR_INVALID, "training with dropout %g / attn_dropout %g needs an rng",
+                           (double)m->cfg.dropout, (double)m->cfg.attn_dropout);
+        /* the attention seeds come last and are drawn only when used, so a model without
+         * attention dropout consumes exactly 1 + 3 * blocks seeds per step */
+        int n = 1 + (m->att_drop_on ? 4 : 3) * m->cfg.blocks;
+        for (int i = 0; i < n; i++)
             m->seeds[i] = fp_rng_u64(rng);
     }
     fp_k_set_threads(m->threads);
@@ -611,6 +661,225 @@ fp_status fp_model_loss_grad(fp_model_t *m, const fp_batch_t *b, fp_rng_t *rng, 
     if (loss_out)
         *loss_out = (m->NL > 0 ? data / m->NL : 0.0) + l2;
     return FP_OK;
+}
+
+/* ------------------------------------------------------------------ DP-SGD */
+
+static void dp_free(fp_model_t *m)
+{
+    free(m->dp_n2);
+    free(m->dp_rs);
+    free(m->dp_ident);
+    free(m->dp_ub);
+    free(m->dp_ug);
+    free(m->dp_junk);
+    free(m->dp_lin);
+    free(m->dp_emb);
+    m->dp_n2 = NULL, m->dp_rs = NULL, m->dp_ident = NULL, m->dp_ub = NULL, m->dp_ug = NULL, m->dp_junk = NULL;
+    m->dp_lin = NULL, m->dp_emb = NULL;
+    m->dp_ready = 0;
+}
+
+/* The scratch of fp_model_loss_grad_clipped, allocated once at its first call (a model that never
+ * trains with DP never pays for it). After a failure nothing stays allocated, so a retry starts
+ * clean. */
+static fp_status dp_alloc(fp_model_t *m)
+{
+    if (m->dp_ready)
+        return FP_OK;
+    const fp_model_config_t *c = &m->cfg;
+    const size_t C = (size_t)c->dim, B = (size_t)m->max_batch, nth = (size_t)m->threads;
+    fp_status st = FP_OK;
+    m->dp_n2 = mem_alloc(B, sizeof(double), &st);
+    m->dp_rs = act_alloc(m->max_tok, &st);
+    m->dp_ident = mem_alloc(B + 1, sizeof(int32_t), &st);
+    m->dp_ub = act_alloc(B * C, &st);
+    m->dp_ug = act_alloc(B * C, &st);
+    m->dp_junk = act_alloc(2 * C, &st);
+    const size_t lin = fp_k_linear_user_sqnorms_scratch(c->maxlen, c->dim, c->dim);
+    const size_t emb = fp_k_embed_user_sqnorms_scratch(c->n_items, c->maxlen, c->maxlen, m->S, c->dim);
+    if (st == FP_OK && (lin > SIZE_MAX / 2 / nth || emb > SIZE_MAX / 2 / nth))
+        st = FP_FAIL(FP_ERR_RANGE, "DP-SGD scratch too large");
+    m->dp_lin = act_alloc(nth * lin, &st);
+    if (st == FP_OK) {
+        size_t bytes = (nth * emb + 63) / 64 * 64;
+        m->dp_emb = aligned_alloc(64, bytes);
+        if (!m->dp_emb)
+            st = FP_FAIL(FP_ERR_NOMEM, "DP-SGD embedding-norm scratch (%zu bytes)", bytes);
+        else
+            memset(m->dp_emb, 0xff, bytes); /* every item slot -1: not seen */
+    }
+    if (st != FP_OK) {
+        dp_free(m);
+        return st;
+    }
+    for (size_t i = 0; i <= B; i++)
+        m->dp_ident[i] = (int32_t)i;
+    m->dp_ready = 1;
+    return FP_OK;
+}
+
+/* acc += squared norms of the per-user gradients of a linear layer's weights (n_out layers sharing
+ * the input in) and of their biases (column sums of each dout). */
+static void dp_linear_norms(fp_model_t *m, const float *in, const float *const *dout, int n_out)
+{
+    const int C = m->cfg.dim;
+    fp_k_linear_user_sqnorms(m->dp_n2, in, dout, n_out, m->off, m->U, C, C, m->dp_lin);
+    for (int k = 0; k < n_out; k++) {
+        fp_k_user_colsums(m->dp_ub, NULL, dout[k], NULL, NULL, NULL, m->off, m->U, C);
+        fp_k_user_sqnorms(m->dp_n2, m->dp_ub, m->dp_ident, m->U, C);
+    }
+}
+
+/* acc += squared norms of the per-user gradients of a LayerNorm's gain and bias, given its output
+ * gradient dout and its input in (with the saved mean and rstd). */
+static void dp_layernorm_norms(fp_model_t *m, const float *dout, const float *in, const float *mu, const float *rs)
+{
+    const int C = m->cfg.dim;
+    fp_k_user_colsums(m->dp_ub, m->dp_ug, dout, in, mu, rs, m->off, m->U, C);
+    fp_k_user_sqnorms(m->dp_n2, m->dp_ub, m->dp_ident, m->U, C);
+    fp_k_user_sqnorms(m->dp_n2, m->dp_ug, m->dp_ident, m->U, C);
+}
+
+/* The norm pass: a backward of the SUMMED data loss (each user's loss is the sum over its
+ * positions) that computes input gradients only, and at every parameter adds the squared norm of
+ * each user's gradient to dp_n2[u]. Users never interact in the forward pass (attention is per
+ * user, everything else per token), so the rows of user u in every intermediate gradient are the
+ * gradient of user u's own loss: the per-user norms come from the batch's one backward pass.
+ * Leaves logits = dloss/dlogits and dhl = its hidden-state gradient (unscaled) for the clipped
+ * pass. Mirrors backward() layer by layer. */
+static void dp_norm_pass(fp_model_t *m)
+{
+    const fp_model_config_t *c = &m->cfg;
+    const int N = m->N, C = c->dim, H = c->heads, U = m->U;
+    const size_t NC = (size_t)N * C;
+    const int drop = m->dropout_on, drop_att = m->att_drop_on;
+    const float *P = m->params;
+    float *junk_g = m->dp_junk, *junk_b = m->dp_junk + C;
+    memset(m->dp_junk, 0, 2 * (size_t)C * sizeof *m->dp_junk);
+
+    /* loss: dz (in logits) and dhl, no parameter gradient yet */
+    fp_k_sampled_loss_dlogits(m->logits, m->NL, m->S, c->loss == FP_LOSS_BCE ? FP_K_LOSS_BCE : FP_K_LOSS_SOFTMAX,
+                              1.0f);
+    fp_k_sampled_scores_bwd(m->dhl, NULL, m->logits, m->hl, m->items, P + m->o_wte, m->NL, m->S, C);
+    /* final LayerNorm; a loss target at a padding position feeds ln_f.b directly (h = ln_f.b) */
+    memset(m->s1, 0, NC * sizeof *m->s1);
+    fp_k_scatter_rows_add(m->s1, NULL, m->dhl, m->loss_row, m->NL, C);
+    const float *xL = c->blocks > 0 ? m->act[c->blocks - 1].out : m->x0;
+    fp_k_user_colsums(m->dp_ub, m->dp_ug, m->s1, xL, m->lnf_mu, m->lnf_rs, m->off, U, C);
+    for (int u = 0; u < U; u++) /* rare (hand-made batches only): a plain loop */
+        for (int v = m->loff[u]; v < m->loff[u + 1]; v++)
+            if (m->loss_row[v] < 0)
+                for (int j = 0; j < C; j++)
+                    m->dp_ub[(size_t)u * C + j] += m->dhl[(size_t)v * C + j];
+    fp_k_user_sqnorms(m->dp_n2, m->dp_ub, m->dp_ident, U, C);
+    fp_k_user_sqnorms(m->dp_n2, m->dp_ug, m->dp_ident, U, C);
+    memset(m->dres, 0, NC * sizeof *m->dres);
+    fp_k_layernorm_bwd(m->dres, junk_g, junk_b, m->s1, xL, P + m->o_lnfg, m->lnf_mu, m->lnf_rs, N, C);
+
+    for (int l = c->blocks - 1; l >= 0; l--) {
+        blk_act_t *a = &m->act[l];
+        const blk_off_t *o = &m->boff[l];
+        const float *x = l > 0 ? m->act[l - 1].out : m->x0;
+        /* feed-forward: out = res1 + dropout(fa W2 + b2), fa = dropout(relu(ln2 W1 + b1)) */
+        const float *dfo = m->dres;
+        if (drop) {
+            fp_k_mul(m->s1, m->dres, a->m_ffn, NC);
+            dfo = m->s1;
+        }
+        dp_linear_norms(m, a->fa, &dfo, 1);
+        fp_k_sgemm(0, 1, N, C, C, 1.0f, dfo, C, P + o->w2, C, 0.0f, m->s2, C);
+        fp_k_relu_bwd(m->s2, m->s2, a->fch, drop ? a->m_relu : NULL, NC);
+        const float *dfc = m->s2;
+        dp_linear_norms(m, a->ln2, &dfc, 1);
+        fp_k_sgemm(0, 1, N, C, C, 1.0f, m->s2, C, P + o->w1, C, 0.0f, m->s1, C);
+        dp_layernorm_norms(m, m->s1, a->res1, a->ln2_mu, a->ln2_rs);
+        fp_k_layernorm_bwd(m->dres, junk_g, junk_b, m->s1, a->res1, P + o->ln2g, a->ln2_mu, a->ln2_rs, N, C);
+        /* attention: res1 = x + dropout(atty Wo + bo) */
+        const float *dao = m->dres;
+        if (drop) {
+            fp_k_mul(m->s1, m->dres, a->m_att, NC);
+            dao = m->s1;
+        }
+        dp_linear_norms(m, a->atty, &dao, 1);
+        fp_k_sgemm(0, 1, N, C, C, 1.0f, dao, C, P + o->wo, C, 0.0f, m->s2, C);
+        fp_k_attention_bwd(m->dq, m->dk, m->dv, m->datt, m->s2, a->att, drop_att ? a->attd : NULL, a->q, a->k, a->v,
+                           m->off, m->att_off, U, C, H, m->tmp);
+        const float *dqkv[3] = {m->dq, m->dk, m->dv};
+        dp_linear_norms(m, a->ln1, dqkv, 3);
+        fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dq, C, P + o->wq, C, 0.0f, m->s1, C);
+        fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dk, C, P + o->wk, C, 1.0f, m->s1, C);
+        fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dv, C, P + o->wv, C, 1.0f, m->s1, C);
+        dp_layernorm_norms(m, m->s1, x, a->ln1_mu, a->ln1_rs);
+        fp_k_layernorm_bwd(m->dres, junk_g, junk_b, m->s1, x, P + o->ln1g, a->ln1_mu, a->ln1_rs, N, C);
+    }
+    /* embeddings: x0 = dropout(item_emb[id] * sqrt(dim) + pos_emb[t]); a user's positions are
+     * distinct rows of pos_emb, so its pos_emb norm is the sum of its rows' squares */
+    const float *dx = m->dres;
+    if (drop) {
+        fp_k_mul(m->s1, m->dres, m->m_emb, NC);
+        dx = m->s1;
+    }
+    fp_k_user_sqnorms(m->dp_n2, dx, m->off, U, C);
+    fp_k_embed_user_sqnorms(m->dp_n2, dx, m->tok_id, sqrtf((float)C), m->off, m->logits, m->hl, m->items, m->loff, U,
+                            c->n_items, c->maxlen, c->maxlen, m->S, C, m->dp_emb);
+}
+
+fp_status fp_model_loss_grad_clipped(fp_model_t *m, const fp_batch_t *b, fp_rng_t *rng, double clip, int accumulate,
+                                     double *norms, double *loss_out)
+{
+    if (!m)
+        return FP_FAIL(FP_ERR_INVALID, "fp_model_loss_grad_clipped: NULL model");
+    if (!(clip > 0.0) || !isfinite(clip))
+        return FP_FAIL(FP_ERR_INVALID, "fp_model_loss_grad_clipped: clip %g must be finite and > 0", clip);
+    fp_status st = dp_alloc(m);
+    if (st != FP_OK || (st = begin_step(m, b, 1, rng)) != FP_OK)
+        return st;
+    forward(m);
+    double data = loss_forward(m);
+    const fp_model_config_t *c = &m->cfg;
+    const int U = m->U, C = c->dim;
+    memset(m->dp_n2, 0, (size_t)(U > 0 ? U : 1) * sizeof *m->dp_n2);
+    if (m->NL > 0)
+        dp_norm_pass(m);
+    /* clip factors, checked before the grads are touched */
+    const double bound = clip * FP_MODEL_CLIP_MARGIN;
+    for (int u = 0; u < U; u++) {
+        double n = sqrt(m->dp_n2[u]);
+        if (!isfinite(n))
+            return FP_FAIL(FP_ERR_NUMERIC, "fp_model_loss_grad_clipped: user %d's gradient norm is %g", u, n);
+        float f = n > bound ? (float)(bound / n) : 1.0f;
+        if (norms)
+            norms[u] = n;
+        for (int v = m->loff[u]; v < m->loff[u + 1]; v++)
+            m->dp_rs[v] = f;
+    }
+    float *G = m->grads;
+    if (!accumulate)
+        memset(G, 0, m->layout.total * sizeof *G);
+    if (m->NL > 0) {
+        /* the clipped pass: user u's loss scaled by its factor, so the grads receive sum_u c_u g_u */
+        fp_k_scale_rows(m->logits, m->dp_rs, m->NL, m->S);
+        fp_k_sampled_scores_bwd(m->dhl, G + m->o_wte, m->logits, m->hl, m->items, m->params + m->o_wte, m->NL, m->S,
+                                C);
+        backward_from_dhl(m);
+    }
+    memset(G + m->o_wte, 0, (size_t)C * sizeof *G); /* padding row: no gradient */
+    if (loss_out)
+        *loss_out = m->NL > 0 ? data / m->NL : 0.0;
+    return FP_OK;
+}
+
+void fp_model_add_l2_grad(fp_model_t *m)
+{
+    if (!m || !(m->cfg.l2_emb > 0.0f))
+        return;
+    const size_t C = (size_t)m->cfg.dim, n = m->layout.tensors[0].numel;
+    const float coef = 2.0f * m->cfg.l2_emb;
+    float *G = m->grads + m->o_wte;
+    const float *P = m->params + m->o_wte;
+    for (size_t i = C; i < n; i++) /* row 0 (padding) has no gradient */
+        G[i] += coef * P[i];
 }
 
 /* ------------------------------------------------------------------ Adam */
@@ -664,6 +933,7 @@ fp_status fp_model_profiles(fp_model_t *m, const int32_t *seq, int B, float *out
     if (st != FP_OK)
         return st;
     m->dropout_on = 0;
+    m->att_drop_on = 0;
     fp_k_set_threads(m->threads);
     forward(m);
     fp_k_gather_rows(out, m->lnf, m->prof_row, NULL, B, m->cfg.dim);

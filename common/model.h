@@ -6,6 +6,8 @@
  *   x     = dropout(x) * mask                                 mask_t = (seq_t != 0)
  *   for each block:
  *     x = x + dropout(Wo * MHA(LN1(x)) + bo)                  causal, padding keys masked
+ *       MHA, per head: dropout_a(softmax(Q K^T / sqrt(dim/heads))) V   (SASRec's dropout on the
+ *       attention probabilities, at rate attn_dropout; off when 0; training only)
  *     x = x + dropout(W2 * relu(W1 * LN2(x) + b1) + b2)       (dropout also after relu)
  *     x = x * mask
  *   h     = LN_final(x)
@@ -36,6 +38,8 @@ typedef struct {
     int heads;
     int maxlen;    /* T: positions */
     float dropout; /* probability, [0, 1) */
+    float attn_dropout; /* dropout on the attention probabilities, [0, 1); 0 = off (default: it
+                         * measured worse on Games, see docs/BENCHMARKS.md) */
     fp_loss_kind loss;
     int n_neg;     /* negatives per position: 1 for BCE, K for sampled softmax */
     float l2_emb;  /* L2 coefficient on item embeddings (SASRec's l2_emb), >= 0 */
@@ -78,6 +82,40 @@ void fp_model_init(fp_model_t *m, uint64_t seed);
  * Fails on ids outside [0, n_items], B > max_batch. */
 fp_status fp_model_loss(fp_model_t *m, const fp_batch_t *b, int training, fp_rng_t *rng, double *loss_out);
 fp_status fp_model_loss_grad(fp_model_t *m, const fp_batch_t *b, fp_rng_t *rng, double *loss_out);
+
+/* DP-SGD at record level (the privacy unit is one row of the batch: one user's sequence).
+ *
+ * Each user's loss L_u is the SUM of its positions' losses (not a batch mean), so that what is
+ * clipped is one user's whole contribution. Its gradient g_u over ALL parameters is never
+ * materialised: one backward pass yields every user's ||g_u|| (users never interact in the
+ * forward pass, so user u's rows of each intermediate gradient are its own): per linear layer the
+ * ghost norm <X X^T, G G^T> or the small [in x out] per-user product, whichever costs less; the
+ * tied item embedding as sparse per-user rows, an item's input, positive and negative rows summed
+ * before squaring; position embeddings, LayerNorm gains/biases and biases directly. A second
+ * backward pass with user u's loss scaled by c_u = min(1, clip * FP_MODEL_CLIP_MARGIN / ||g_u||)
+ * then leaves sum_u c_u g_u in the grads (accumulate = 0: overwritten; != 0: added, for a Poisson
+ * sample split into several sub-batches). Dropout (training, from rng) is drawn once in the
+ * forward pass and both backward passes use its masks: per user and independent of the others.
+ *
+ * Not included: the l2_emb term. Here it is over the WHOLE item table (not the batch's items, as
+ * SASRec.pytorch does), hence data independent: under DP it is plain weight decay, added after
+ * the noise with fp_model_add_l2_grad (never clipped, never noised). Not included either: noise
+ * and the division by the expected batch size (dp/ and the trainer do those).
+ *
+ * norms (may be NULL) [b->B] receive each user's ||g_u|| (0 for a row without loss positions);
+ * loss_out (may be NULL) the mean data loss per position, before clipping. The norm is computed
+ * in float32 arithmetic accumulated in double, so it matches the gradient the second pass
+ * computes to float32 rounding (~1e-6 relative); FP_MODEL_CLIP_MARGIN covers that with room.
+ * Errors: those of fp_model_loss_grad; FP_ERR_INVALID (clip not finite and > 0); FP_ERR_NUMERIC
+ * (a non-finite norm; the grads are then untouched by this call); FP_ERR_NOMEM (the DP scratch,
+ * allocated at the first call: about threads x (max(2 dim^2, dim^2) floats + (n_items + 1) x 4 +
+ * maxlen x (2 + n_neg) x dim x 8 bytes) plus max_batch x dim x 2 floats). */
+#define FP_MODEL_CLIP_MARGIN (1.0 - 0x1.0p-12)
+fp_status fp_model_loss_grad_clipped(fp_model_t *m, const fp_batch_t *b, fp_rng_t *rng, double clip, int accumulate,
+                                     double *norms, double *loss_out);
+/* grads[item_emb] += 2 * l2_emb * item_emb (the l2_emb term's gradient; its padding row stays 0).
+ * Data independent: DP-SGD adds it after the noise. No-op when l2_emb is 0. */
+void fp_model_add_l2_grad(fp_model_t *m);
 
 /* Adam state with the parameter layout (two layout-sized buffers) and its step counter. */
 typedef struct {

@@ -98,6 +98,46 @@ static void test_train_json(void **state)
     assert_string_equal(err_buf, "");
 }
 
+/* DP-SGD from the flags and from configs/dp-record.yaml: the JSON line carries the privacy
+ * report; contradictory flags are refused. */
+static void test_train_dp_json(void **state)
+{
+    (void)state;
+    assert_int_equal(run("train --data data.txt --out mdp --epochs 2 --dim 8 --blocks 1 --maxlen 16 --batch 64 "
+                         "--threads 1 --quiet --json --eval-users 50 --no-full --dp-epsilon 5 --dp-clip 2"),
+                     0);
+    const char *keys[] = {"\"dp\":\"record\"", "\"epsilon\":", "\"delta\":", "\"noise_multiplier\":",
+                          "\"sampling_rate\":", "\"dp_steps\":", "\"clip\":2.0", "\"clipped_fraction\":"};
+    for (size_t i = 0; i < sizeof keys / sizeof keys[0]; i++)
+        if (!strstr(out_buf, keys[i]))
+            fail_msg("missing %s in: %s", keys[i], out_buf);
+    double eps = atof(strstr(out_buf, "\"epsilon\":") + 10);
+    assert_true(eps > 4.9 && eps <= 5.0);
+    /* without noise epsilon is infinite: null in JSON */
+    assert_int_equal(run("train --data data.txt --out mdp0 --epochs 1 --dim 8 --blocks 1 --maxlen 16 --batch 64 "
+                         "--threads 1 --quiet --json --eval-users 50 --no-full --dp-noise 0"),
+                     0);
+    assert_non_null(strstr(out_buf, "\"epsilon\":null"));
+    /* not DP: no privacy keys */
+    assert_int_equal(run("train --data data.txt --out mdp1 --epochs 1 --dim 8 --blocks 1 --maxlen 16 --batch 64 "
+                         "--threads 1 --quiet --json --eval-users 50 --no-full --config '%s' --no-dp",
+                         FEDPROF_SOURCE_DIR "/configs/dp-record.yaml"),
+                     0);
+    assert_null(strstr(out_buf, "\"epsilon\""));
+    /* the shipped example config */
+    assert_int_equal(run("train --data data.txt --out mdp2 --epochs 1 --dim 8 --blocks 1 --maxlen 16 --batch 64 "
+                         "--threads 1 --json --eval-users 50 --no-full --config '%s'",
+                         FEDPROF_SOURCE_DIR "/configs/dp-record.yaml"),
+                     0);
+    assert_non_null(strstr(out_buf, "\"dp\":\"record\""));
+    assert_non_null(strstr(err_buf, "DP-SGD (record level)"));
+    assert_int_equal(run("train --data data.txt --out x --dp-epsilon 1 --dp-noise 1"), 2);
+    assert_int_equal(run("train --data data.txt --out x --dp-epsilon 0"), 1);
+    assert_int_equal(run("train --data data.txt --out x --dp-delta 0.9"), 1);
+    assert_int_equal(run("train --data data.txt --out x --dp-epsilon 3 --patience 2 --epochs 1"), 1);
+    assert_non_null(strstr(err_buf, "patience"));
+}
+
 static void test_train_progress_without_tty_is_one_line_per_epoch(void **state)
 {
     (void)state;
@@ -204,6 +244,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_train_json),
+        cmocka_unit_test(test_train_dp_json),
         cmocka_unit_test(test_train_progress_without_tty_is_one_line_per_epoch),
         cmocka_unit_test(test_eval_json),
         cmocka_unit_test(test_embed_npy),

@@ -34,7 +34,10 @@ static int cfg_equal(const fp_config_t *a, const fp_config_t *b)
            a->train.seed == b->train.seed && a->train.threads == b->train.threads &&
            a->eval.negatives == b->eval.negatives && a->eval.max_users == b->eval.max_users &&
            a->eval.k == b->eval.k && a->eval.full == b->eval.full && a->eval.seed == b->eval.seed &&
-           a->data.format == b->data.format;
+           a->data.format == b->data.format && a->dp.unit == b->dp.unit &&
+           feq(a->dp.noise_multiplier, b->dp.noise_multiplier) && feq(a->dp.clip, b->dp.clip) &&
+           feq(a->dp.delta, b->dp.delta) && feq(a->dp.target_epsilon, b->dp.target_epsilon) &&
+           a->dp.seed == b->dp.seed;
 }
 
 static fp_status load(const char *yaml, fp_config_t *c)
@@ -72,6 +75,12 @@ static void test_defaults(void **state)
     assert_int_equal(c.eval.full, 1);
     assert_true(c.eval.seed == 2018);
     assert_int_equal(c.data.format, FP_FORMAT_AUTO);
+    assert_int_equal(c.dp.unit, FP_DP_UNIT_NONE);
+    assert_true(c.dp.noise_multiplier == 1.0f);
+    assert_true(c.dp.clip == 1.0f);
+    assert_true(c.dp.delta == 1e-5f);
+    assert_true(c.dp.target_epsilon == 0.0f);
+    assert_true(c.dp.seed == 0);
     assert_int_equal(fp_config_validate(&c), FP_OK);
 }
 
@@ -116,11 +125,17 @@ static void test_shipped_configs(void **state)
     probe.eval.full = 0;
     probe.eval.seed = 9;
     probe.data.format = FP_FORMAT_CSV;
+    probe.dp.unit = FP_DP_UNIT_RECORD;
+    probe.dp.noise_multiplier = 0.25f;
+    probe.dp.clip = 0.25f;
+    probe.dp.delta = 0.25f;
+    probe.dp.target_epsilon = 0.25f;
+    probe.dp.seed = 9;
     assert_int_equal(fp_config_load(FEDPROF_SOURCE_DIR "/configs/centralized.yaml", &probe), FP_OK);
     assert_true(cfg_equal(&probe, &d));
 
     /* Any other shipped config loads too. */
-    const char *others[] = {"/configs/demo.yaml"};
+    const char *others[] = {"/configs/demo.yaml", "/configs/dp-record.yaml"};
     for (size_t i = 0; i < sizeof others / sizeof others[0]; i++) {
         char p[1024];
         snprintf(p, sizeof p, "%s%s", FEDPROF_SOURCE_DIR, others[i]);
@@ -154,7 +169,8 @@ static void test_overrides(void **state)
                     "  threads: 8\n"
                     "eval: {k: 20, full: false, max_users: 0}\n"
                     "data:\n"
-                    "  format: \"csv\"\n";
+                    "  format: \"csv\"\n"
+                    "dp: {unit: record, target_epsilon: 8, clip: 0.5, delta: 1e-6, seed: 3}\n";
     fp_status st = load(y, &c);
     if (st != FP_OK)
         print_error("%s\n", fp_error_message());
@@ -173,6 +189,9 @@ static void test_overrides(void **state)
     assert_int_equal(c.eval.full, 0);
     assert_int_equal(c.eval.max_users, 0);
     assert_int_equal(c.data.format, FP_FORMAT_CSV);
+    assert_int_equal(c.dp.unit, FP_DP_UNIT_RECORD);
+    assert_true(c.dp.target_epsilon == 8.0f && c.dp.clip == 0.5f && c.dp.delta == 1e-6f && c.dp.seed == 3);
+    assert_true(c.dp.noise_multiplier == 1.0f);
     /* Untouched keys keep their values. */
     fp_config_defaults(&d);
     assert_int_equal(c.model.blocks, d.model.blocks);
@@ -260,6 +279,16 @@ static const err_case g_errors[] = {
     {"model:\n  loss: hinge\n", FP_ERR_INVALID, 2, "model.loss"},
     {"model:\n  loss: [bce]\n", FP_ERR_INVALID, 2, "model.loss"},
     {"data:\n  format: parquet\n", FP_ERR_INVALID, 2, "data.format"},
+    {"dp:\n  unit: client\n", FP_ERR_INVALID, 2, "dp.unit"},
+    {"dp:\n  unit: true\n", FP_ERR_INVALID, 2, "dp.unit"},
+    {"dp:\n  clip: 0\n", FP_ERR_RANGE, 2, "dp.clip"},
+    {"dp:\n  clip: -1\n", FP_ERR_RANGE, 2, "dp.clip"},
+    {"dp:\n  delta: 1\n", FP_ERR_RANGE, 2, "dp.delta"},
+    {"dp:\n  delta: 0\n", FP_ERR_RANGE, 2, "dp.delta"},
+    {"dp:\n  noise_multiplier: -0.5\n", FP_ERR_RANGE, 2, "dp.noise_multiplier"},
+    {"dp:\n  target_epsilon: -1\n", FP_ERR_RANGE, 2, "dp.target_epsilon"},
+    {"dp:\n  seed: -1\n", FP_ERR_RANGE, 2, "dp.seed"},
+    {"dp:\n  epsilon: 8\n", FP_ERR_INVALID, 2, "dp.epsilon"},
     {"model: 5\n", FP_ERR_INVALID, 1, "model"},
     {"model:\n  - dim\n", FP_ERR_INVALID, 1, "model"},
     {"- a\n- b\n", FP_ERR_INVALID, 1, "top level"},
@@ -469,6 +498,7 @@ static void test_json_roundtrip(void **state)
     assert_non_null(strstr(js, "\"lr\":0.001"));
     assert_non_null(strstr(js, "\"loss\":\"bce\""));
     assert_non_null(strstr(js, "\"full\":true"));
+    assert_null(strstr(js, "\"dp\"")); /* no DP: the section is left out (files as before it existed) */
     fp_config_defaults(&b);
     b.model.dim = 8;
     b.train.lr = 0.5f;
@@ -502,7 +532,14 @@ static void test_json_roundtrip(void **state)
     a.eval.full = 0;
     a.eval.seed = (uint64_t)1 << 63;
     a.data.format = FP_FORMAT_TEXT;
+    a.dp.unit = FP_DP_UNIT_RECORD;
+    a.dp.noise_multiplier = 0.7f;
+    a.dp.clip = 3.0e-3f;
+    a.dp.delta = 1.0e-7f;
+    a.dp.target_epsilon = 2.5f;
+    a.dp.seed = 12345;
     assert_int_equal(fp_config_to_json(&a, &js), FP_OK);
+    assert_non_null(strstr(js, "\"dp\":{\"unit\":\"record\""));
     fp_config_defaults(&b);
     fp_status st = fp_config_from_json(js, &b);
     if (st != FP_OK)

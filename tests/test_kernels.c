@@ -310,9 +310,11 @@ typedef struct {
     int N, C, H, U;
     const int32_t *off;
     double *q, *k, *v, *r;
+    const size_t *att_off; /* layout of mask */
+    const float *mask;     /* dropout on the probabilities, packed as att; NULL = none */
 } att_ctx;
 
-/* Causal attention per user over the packed rows, float64; mag = sum |p_ij v_jd|. */
+/* Causal attention per user over the packed rows, float64; mag = sum |p_ij m_ij v_jd|. */
 static void ref_attention(double *out, double *mag, const att_ctx *c)
 {
     const int hs = c->C / c->H;
@@ -330,10 +332,11 @@ static void ref_attention(double *out, double *mag, const att_ctx *c)
                 }
                 for (int j = 0; j <= i; j++)
                     z += exp(s[j] - mx);
+                const float *mk = c->mask ? c->mask + c->att_off[u] + (size_t)h * L * L + (size_t)i * L : NULL;
                 for (int e = 0; e < hs; e++) {
                     double acc = 0, m = 0;
                     for (int j = 0; j <= i; j++) {
-                        double t = exp(s[j] - mx) / z * c->v[(o + j) * c->C + h * hs + e];
+                        double t = exp(s[j] - mx) / z * (mk ? mk[j] : 1.0) * c->v[(o + j) * c->C + h * hs + e];
                         acc += t;
                         m += fabs(t);
                     }
@@ -356,10 +359,14 @@ static double att_obj(void *p)
 }
 
 /* Users of lengths 0, 1, 3 (hand loops) and 17, 50, 61 (the sgemm path, FP_ATT_GEMM_MIN = 4),
- * 2 heads of 4. */
-static void test_attention(void **state)
+ * 2 heads of 4. With p > 0, dropout on the probabilities with one fixed mask (a seeded
+ * fp_k_dropout_mask, as the model draws it), which the float64 reference applies too: forward
+ * and gradients are held to the same bounds as without dropout (the mask adds at most one
+ * rounding per weight, none at p = 0.5 where kept weights are doubled exactly: well inside the
+ * forward bound's factor 8, and the backward is the same sums). The first thread count
+ * writes attd to its own buffer, the second over the mask itself (the aliasing model.c uses). */
+static void attention_case(float p)
 {
-    (void)state;
     const int32_t lens[] = {3, 0, 1, 50, 17, 61};
     const int U = 6, C = 8, H = 2;
     int32_t off[7] = {0};
@@ -372,7 +379,16 @@ static void test_attention(void **state)
     float *q = frand(N * C, 1), *k = frand(N * C, 1), *v = frand(N * C, 1), *r = frand(N * C, 1);
     float *att = xmalloc(sizeof(float) * na), *datt = xmalloc(sizeof(float) * na),
           *scratch = xmalloc(sizeof(float) * N * C);
-    att_ctx c = {N, C, H, U, off, to64(q, N * C), to64(k, N * C), to64(v, N * C), to64(r, N * C)};
+    float *mask = NULL, *attd = NULL, *work = NULL;
+    if (p > 0) {
+        mask = xmalloc(sizeof(float) * na), attd = xmalloc(sizeof(float) * na), work = xmalloc(sizeof(float) * na);
+        fp_k_dropout_mask(mask, na, p, 4242);
+        size_t zeros = 0;
+        for (size_t i = 0; i < na; i++)
+            zeros += mask[i] == 0.0f;
+        assert_true(zeros > 0 && zeros < na);
+    }
+    att_ctx c = {N, C, H, U, off, to64(q, N * C), to64(k, N * C), to64(v, N * C), to64(r, N * C), att_off, mask};
     double *ref = xmalloc(sizeof(double) * N * C), *mag = xmalloc(sizeof(double) * N * C);
     ref_attention(ref, mag, &c);
     float *out[2], *dq[2], *dk[2], *dv[2];
@@ -380,17 +396,28 @@ static void test_attention(void **state)
         fp_k_set_threads(t + 1);
         out[t] = xmalloc(sizeof(float) * N * C), dq[t] = xmalloc(sizeof(float) * N * C);
         dk[t] = xmalloc(sizeof(float) * N * C), dv[t] = xmalloc(sizeof(float) * N * C);
-        fp_k_attention_fwd(out[t], att, q, k, v, off, att_off, U, C, H, scratch);
+        float *ad = NULL;
+        const float *mk = mask;
+        if (mask && t == 0)
+            ad = attd;
+        else if (mask) {
+            memcpy(work, mask, sizeof(float) * na);
+            ad = work, mk = work; /* mask and attd in one buffer */
+        }
+        fp_k_attention_fwd(out[t], att, ad, mk, q, k, v, off, att_off, U, C, H, scratch);
         /* each output: a softmax over <= 61 scores of 4-term dot products, then 61 products */
         cmp_fwd("attention", out[t], ref, mag, N * C, 61 + 4);
-        fp_k_attention_bwd(dq[t], dk[t], dv[t], datt, r, att, q, k, v, off, att_off, U, C, H, scratch);
+        if (mask) /* attd = att * mask, exactly, on every stored element */
+            for (size_t i = 0; i < na; i++)
+                assert_true(ad[i] == att[i] * mask[i]);
+        fp_k_attention_bwd(dq[t], dk[t], dv[t], datt, r, att, ad, q, k, v, off, att_off, U, C, H, scratch);
     }
     /* one thread per (user, head), fixed loops: independent of the thread count */
     assert_memory_equal(out[0], out[1], sizeof(float) * N * C);
     assert_memory_equal(dq[0], dq[1], sizeof(float) * N * C);
     assert_memory_equal(dk[0], dk[1], sizeof(float) * N * C);
     assert_memory_equal(dv[0], dv[1], sizeof(float) * N * C);
-    /* probabilities: rows sum to 1, the upper triangle is 0 */
+    /* probabilities (before dropout): rows sum to 1, the upper triangle is 0 */
     for (int u = 0; u < U; u++) {
         const int L = lens[u];
         for (int h = 0; h < H; h++)
@@ -412,13 +439,28 @@ static void test_attention(void **state)
     cmp_grad("attention dk", dk[0], fd, N * C);
     fd_grad(att_obj, &c, c.v, N * C, 3, fd);
     cmp_grad("attention dv", dv[0], fd, N * C);
-    /* the first query of a user attends only to itself: out = v */
-    for (int e = 0; e < C; e++)
-        assert_true(out[0][off[2] * C + e] == v[off[2] * C + e]);
+    /* the first query of a user attends only to itself: out = v (times its mask element) */
+    const float m00 = mask ? mask[att_off[2]] : 1.0f, m10 = mask ? mask[att_off[2] + 1] : 1.0f;
+    for (int e = 0; e < C; e++) {
+        assert_true(out[0][off[2] * C + e] == v[off[2] * C + e] * (e < C / H ? m00 : m10));
+    }
     for (int t = 0; t < 2; t++)
         free(out[t]), free(dq[t]), free(dk[t]), free(dv[t]);
     free(q), free(k), free(v), free(r), free(att), free(datt), free(scratch), free(ref), free(mag), free(fd);
-    free(c.q), free(c.k), free(c.v), free(c.r);
+    free(c.q), free(c.k), free(c.v), free(c.r), free(mask), free(attd), free(work);
+}
+
+static void test_attention(void **state)
+{
+    (void)state;
+    attention_case(0.0f);
+}
+
+/* Attention with dropout on the probabilities (rate 0.5, the Games config's), fixed mask. */
+static void test_attention_dropout(void **state)
+{
+    (void)state;
+    attention_case(0.5f);
 }
 
 /* ------------------------------------------------------------------ feed-forward: linear, relu, linear */
@@ -747,6 +789,7 @@ int main(void)
         cmocka_unit_test(test_linear),
         cmocka_unit_test(test_layernorm),
         cmocka_unit_test(test_attention),
+        cmocka_unit_test(test_attention_dropout),
         cmocka_unit_test(test_ffn),
         cmocka_unit_test(test_dropout_and_elementwise),
         cmocka_unit_test(test_embedding),
