@@ -2,11 +2,13 @@
  *   epsilon    ε (and the best RDP order) of DP-SGD with Poisson sampling rate q, noise multiplier σ,
  *              T steps, at δ
  *   calibrate  the smallest noise multiplier that keeps ε at or below a target
- * (`verify LEDGER` joins the command table with the ledger.)
+ *   verify     check a signed client or federation ledger (dp/ledger.h) and recompute every ε
+ *   keygen     write an Ed25519 ledger key pair
  *
  * Flags are parsed strictly: "--name value" or "--name=value"; an unknown, repeated or value-less
  * flag, a number with trailing junk, a non-finite number or one out of range is an error naming
- * the flag, with exit status 2. A computation that fails (a target ε out of reach) exits 1.
+ * the flag, with exit status 2. A computation that fails (a target ε out of reach, a ledger that
+ * does not verify, a key that exists already) exits 1; a file that cannot be read at all exits 2.
  * The flag parser is a small static one on purpose: dp/ may depend on common/ only. */
 #include <errno.h>
 #include <math.h>
@@ -15,8 +17,12 @@
 #include <stdlib.h>
 #include <string.h>
 
+#include <sys/stat.h>
+
+#include "common/checkpoint.h"
 #include "common/errors.h"
 #include "dp/accountant.h"
+#include "dp/ledger.h"
 
 #define EXIT_USAGE 2
 #define MAX_FLAGS 8
@@ -31,8 +37,9 @@ typedef struct {
 typedef struct {
     const char *name;
     const char *summary;
-    const flag_t *flags; /* terminated by name == NULL */
-    int (*run)(const char *const *values);
+    const flag_t *flags;    /* terminated by name == NULL */
+    const char *positional; /* metavar of the one positional argument (required), or NULL */
+    int (*run)(const char *const *values, const char *arg);
 } command_t;
 
 /* ---------------------------------------------------------------- flags */
@@ -47,7 +54,8 @@ static size_t count_flags(const flag_t *flags)
 
 static void print_command_help(const command_t *c)
 {
-    printf("usage: fedprof-audit %s [flags]\n%s\n\nflags:\n", c->name, c->summary);
+    printf("usage: fedprof-audit %s%s%s [flags]\n%s\n\nflags:\n", c->name, c->positional ? " " : "",
+           c->positional ? c->positional : "", c->summary);
     for (const flag_t *f = c->flags; f->name; f++) {
         char left[64];
         snprintf(left, sizeof left, "--%s%s%s", f->name, f->metavar ? " " : "", f->metavar ? f->metavar : "");
@@ -56,19 +64,26 @@ static void print_command_help(const command_t *c)
     printf("  %-32s %s\n", "--help", "this text");
 }
 
-/* values[k] receives the text of flags[k] ("" for a given switch, NULL when absent).
+/* values[k] receives the text of flags[k] ("" for a given switch, NULL when absent); *positional
+ * the command's positional argument (NULL when absent).
  * Returns 0, or EXIT_USAGE after printing why; *help is set when --help/-h was given. */
-static int parse_flags(const command_t *c, int argc, char **argv, const char **values, int *help)
+static int parse_flags(const command_t *c, int argc, char **argv, const char **values, const char **positional,
+                       int *help)
 {
     size_t nflags = count_flags(c->flags);
     for (size_t k = 0; k < nflags; k++)
         values[k] = NULL;
+    *positional = NULL;
     *help = 0;
     for (int i = 0; i < argc; i++) {
         const char *arg = argv[i];
         if (strcmp(arg, "--help") == 0 || strcmp(arg, "-h") == 0) {
             *help = 1;
             return 0;
+        }
+        if (c->positional && !*positional && strncmp(arg, "--", 2) != 0 && arg[0] != '\0') {
+            *positional = arg;
+            continue;
         }
         if (strncmp(arg, "--", 2) != 0 || arg[2] == '\0') {
             fprintf(stderr, "fedprof-audit %s: unexpected argument '%s' (see --help)\n", c->name, arg);
@@ -238,8 +253,9 @@ static const flag_t epsilon_flags[] = {
     {NULL, NULL, NULL},
 };
 
-static int run_epsilon(const char *const *v)
+static int run_epsilon(const char *const *v, const char *arg)
 {
+    (void)arg;
     const char *cmd = "epsilon";
     double q = 0, sigma = 0, delta = 0, eps = 0, order = 0;
     int64_t steps = 0;
@@ -283,8 +299,9 @@ static const flag_t calibrate_flags[] = {
     {NULL, NULL, NULL},
 };
 
-static int run_calibrate(const char *const *v)
+static int run_calibrate(const char *const *v, const char *arg)
 {
+    (void)arg;
     const char *cmd = "calibrate";
     double target = 0, q = 0, delta = 0, sigma = 0, eps = 0, order = 0;
     int64_t steps = 0;
@@ -315,17 +332,114 @@ static int run_calibrate(const char *const *v)
     return 0;
 }
 
+/* ---------------------------------------------------------------- verify */
+
+enum { V_PUBKEY, V_JSON, V_PLOT };
+static const flag_t verify_flags[] = {
+    [V_PUBKEY] = {"pubkey", "FILE", "expected public key (PEM): the client's, or the coordinator's or one "
+                                    "client's for a federation ledger (default: trust the first entry's key)"},
+    [V_JSON] = {"json", NULL, "print the report as one JSON object"},
+    [V_PLOT] = {"plot", "FILE.svg", "also draw cumulative epsilon per round, one line per client, as SVG"},
+    {NULL, NULL, NULL},
+};
+
+static int run_verify(const char *const *v, const char *ledger)
+{
+    const char *cmd = "verify";
+    if (!ledger) {
+        fprintf(stderr, "fedprof-audit verify: the LEDGER file is required (see --help)\n");
+        return EXIT_USAGE;
+    }
+    fp_ledger_key_t *pin = NULL;
+    if (v[V_PUBKEY] && fp_ledger_key_load(v[V_PUBKEY], &pin) != FP_OK) {
+        fprintf(stderr, "fedprof-audit %s: flag --pubkey: %s\n", cmd, fp_error_message());
+        return EXIT_USAGE;
+    }
+    fp_ledger_report_t *r = NULL;
+    fp_status st = fp_ledger_verify_file(ledger, pin, &r);
+    fp_ledger_key_free(pin);
+    if (!r) {
+        fprintf(stderr, "fedprof-audit %s: error: %s\n", cmd, fp_error_message());
+        return EXIT_USAGE;
+    }
+    int rc = st == FP_OK ? 0 : 1;
+    if (v[V_JSON]) {
+        char *json = NULL;
+        if (fp_ledger_report_json(r, &json) != FP_OK) {
+            fp_ledger_report_free(r);
+            return fail(cmd);
+        }
+        fputs(json, stdout);
+        free(json);
+    } else if (fp_ledger_report_print(r, stdout) != FP_OK) {
+        rc = fail(cmd);
+    }
+    if (v[V_PLOT]) {
+        char *svg = NULL;
+        if (fp_ledger_report_svg(r, &svg) != FP_OK || fp_file_write_atomic(v[V_PLOT], svg, strlen(svg)) != FP_OK) {
+            fprintf(stderr, "fedprof-audit %s: flag --plot: %s\n", cmd, fp_error_message());
+            rc = EXIT_USAGE;
+        }
+        free(svg);
+    }
+    fp_ledger_report_free(r);
+    fflush(stdout);
+    return rc;
+}
+
+/* ---------------------------------------------------------------- keygen */
+
+enum { K_OUT };
+static const flag_t keygen_flags[] = {
+    [K_OUT] = {"out", "DIR", "directory for " FP_LEDGER_KEY_FILE " (private, 0600) and " FP_LEDGER_PUBKEY_FILE
+                             "; created (0700) if missing (required)"},
+    {NULL, NULL, NULL},
+};
+
+static int run_keygen(const char *const *v, const char *arg)
+{
+    (void)arg;
+    const char *cmd = "keygen";
+    int rc;
+    if ((rc = require(cmd, keygen_flags, v, (const int[]){K_OUT, -1})))
+        return rc;
+    const char *dir = v[K_OUT];
+    if (mkdir(dir, 0700) != 0 && errno != EEXIST) {
+        fprintf(stderr, "fedprof-audit %s: flag --out: cannot create %s: %s\n", cmd, dir, strerror(errno));
+        return 1;
+    }
+    fp_ledger_key_t *key = NULL;
+    if (fp_ledger_key_generate(&key) != FP_OK || fp_ledger_key_save(key, dir) != FP_OK) {
+        fp_ledger_key_free(key);
+        return fail(cmd);
+    }
+    char hex[65];
+    fp_ledger_key_public_hex(key, hex);
+    fp_ledger_key_free(key);
+    printf("private key  %s/%s (mode 0600: keep it secret, back it up)\n", dir, FP_LEDGER_KEY_FILE);
+    printf("public key   %s/%s (give it to your partners: fedprof-audit verify --pubkey)\n", dir,
+           FP_LEDGER_PUBKEY_FILE);
+    printf("raw key      %s (as ledger entries record it)\n", hex);
+    return 0;
+}
+
 /* ---------------------------------------------------------------- main */
 
 static const command_t commands[] = {
     {"epsilon", "Privacy spent by DP-SGD with Poisson sampling: epsilon and the best RDP order.", epsilon_flags,
-     run_epsilon},
-    {"calibrate", "The smallest noise multiplier whose epsilon does not exceed the target.", calibrate_flags,
+     NULL, run_epsilon},
+    {"calibrate", "The smallest noise multiplier whose epsilon does not exceed the target.", calibrate_flags, NULL,
      run_calibrate},
+    {"verify", "Check a signed privacy ledger (client or federation): chain, signatures, every epsilon recomputed.",
+     verify_flags, "LEDGER", run_verify},
+    {"keygen", "Write a new Ed25519 ledger key pair (ledger-key.pem, ledger-key.pub.pem).", keygen_flags, NULL,
+     run_keygen},
 };
 #define NCOMMANDS (sizeof commands / sizeof commands[0])
 _Static_assert(sizeof epsilon_flags / sizeof epsilon_flags[0] - 1 <= MAX_FLAGS, "raise MAX_FLAGS");
 _Static_assert(sizeof calibrate_flags / sizeof calibrate_flags[0] - 1 <= MAX_FLAGS, "raise MAX_FLAGS");
+_Static_assert(sizeof verify_flags / sizeof verify_flags[0] - 1 <= MAX_FLAGS, "raise MAX_FLAGS");
+_Static_assert(sizeof keygen_flags / sizeof keygen_flags[0] - 1 <= MAX_FLAGS, "raise MAX_FLAGS");
 
 static void print_usage(FILE *out)
 {
@@ -348,15 +462,15 @@ int main(int argc, char **argv)
         const command_t *c = &commands[k];
         if (strcmp(argv[1], c->name) != 0)
             continue;
-        const char *values[MAX_FLAGS];
+        const char *values[MAX_FLAGS], *positional;
         int help, rc;
-        if ((rc = parse_flags(c, argc - 2, argv + 2, values, &help)) != 0)
+        if ((rc = parse_flags(c, argc - 2, argv + 2, values, &positional, &help)) != 0)
             return rc;
         if (help) {
             print_command_help(c);
             return 0;
         }
-        return c->run(values);
+        return c->run(values, positional);
     }
     fprintf(stderr, "fedprof-audit: unknown command '%s'\n", argv[1]);
     print_usage(stderr);
