@@ -19,6 +19,9 @@
 #include <limits.h>
 #include <netinet/in.h>
 #include <pthread.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -43,6 +46,10 @@
 #define WIRE_MAX_ACTIVE_CALLS 1024
 /* Concurrent streams one connection may open (HTTP/2 SETTINGS); further calls wait client-side. */
 #define WIRE_MAX_STREAMS_PER_CONN 64
+
+/* glibc malloc settings made by the first server or channel (see wire_tune_malloc). */
+#define WIRE_MALLOC_MMAP_THRESHOLD ((int)32 << 20)
+#define WIRE_MALLOC_TRIM_THRESHOLD ((int)64 << 20)
 
 static const uint8_t wire_empty[1] = {0};
 
@@ -162,6 +169,40 @@ static void wire_cq_close(grpc_completion_queue *cq)
             break;
     }
     grpc_completion_queue_destroy(cq);
+}
+
+/* Why this exists: gRPC core reads every connection into malloc'd 8-64 KiB slices that it frees as
+ * soon as a message is delivered, and sends every message from a malloc'd copy. With glibc's
+ * defaults (an arena gives back any free top above 128 KiB; the mmap threshold moves on its own),
+ * that memory goes back to the kernel after each message, so each received byte lands in a freshly
+ * faulted, zeroed page. On the development VM, where a page fault is expensive, that was about half
+ * of the CPU a streamed model cost (docs/BENCHMARKS.md, Transport). Serving blocks up to 32 MiB from
+ * the arenas and keeping up to 64 MiB of free top per arena ends it; memory in use is unchanged,
+ * freed memory is kept for reuse. Process-wide and done once; skipped when the user tuned malloc
+ * through its environment variables (theirs win). A failure leaves glibc's defaults: slower only. */
+static void wire_tune_malloc(void)
+{
+#ifdef __GLIBC__
+    static const char *vars[] = {"MALLOC_TRIM_THRESHOLD_", "MALLOC_MMAP_THRESHOLD_", "MALLOC_TOP_PAD_",
+                                 "MALLOC_MMAP_MAX_"};
+    for (size_t i = 0; i < sizeof vars / sizeof vars[0]; i++)
+        if (getenv(vars[i]))
+            return;
+    const char *tun = getenv("GLIBC_TUNABLES");
+    if (tun && strstr(tun, "glibc.malloc."))
+        return;
+    if (mallopt(M_MMAP_THRESHOLD, WIRE_MALLOC_MMAP_THRESHOLD) == 1)
+        (void)mallopt(M_TRIM_THRESHOLD, WIRE_MALLOC_TRIM_THRESHOLD);
+#endif
+}
+
+static pthread_once_t wire_malloc_once = PTHREAD_ONCE_INIT;
+
+/* grpc_init() for a new server or channel, after the one-time malloc settings. */
+static void wire_grpc_init(void)
+{
+    pthread_once(&wire_malloc_once, wire_tune_malloc);
+    grpc_init();
 }
 
 static fp_status wire_read_pem(const char *path, char **out)
@@ -613,7 +654,7 @@ fp_status fp_wire_server_create(const char *listen_addr, const fp_wire_creds_t *
     if (!s)
         return FP_FAIL(FP_ERR_NOMEM, "wire: server");
     pthread_mutex_init(&s->mu, NULL);
-    grpc_init(); /* released by fp_wire_server_destroy, also on the failure paths below */
+    wire_grpc_init(); /* released by fp_wire_server_destroy, also on the failure paths below */
     s->max_msg = max_msg_bytes;
     if (n_methods) {
         s->methods = calloc(n_methods, sizeof *s->methods);
@@ -832,7 +873,7 @@ fp_status fp_wire_channel_create(const char *target, const fp_wire_creds_t *cred
     if (!ch)
         return FP_FAIL(FP_ERR_NOMEM, "wire: channel");
     ch->max_msg = max_msg_bytes;
-    grpc_init();
+    wire_grpc_init();
 
     grpc_arg args[4];
     memset(args, 0, sizeof args);
