@@ -247,7 +247,7 @@ static int arr_add(json_object *a, json_object *val)
 
 /* Build the header object: metadata first, then the tensors in layout order with contiguous,
  * increasing data_offsets. */
-static fp_status build_header(const fp_layout_t *l, const char *prefix, const fp_kv_t *meta, size_t n_meta,
+static fp_status build_header(const fp_st_group_t *g, size_t n_groups, const fp_kv_t *meta, size_t n_meta,
                               json_object **out)
 {
     fp_status st = FP_OK;
@@ -283,9 +283,10 @@ static fp_status build_header(const fp_layout_t *l, const char *prefix, const fp
         }
     }
     uint64_t off = 0;
-    for (size_t i = 0; i < l->n_tensors; i++) {
-        const fp_tensor_info_t *t = &l->tensors[i];
-        name = full_name(prefix, t->name);
+    for (size_t gi = 0; gi < n_groups; gi++)
+    for (size_t i = 0; i < g[gi].layout->n_tensors; i++) {
+        const fp_tensor_info_t *t = &g[gi].layout->tensors[i];
+        name = full_name(g[gi].prefix, t->name);
         if (!name) {
             st = FP_ERR_NOMEM;
             goto done;
@@ -337,12 +338,27 @@ done:
 fp_status fp_safetensors_save(const char *path, const fp_layout_t *l, const float *data, const char *prefix,
                               const fp_kv_t *meta, size_t n_meta)
 {
-    if (!path || !l || (!data && l->n_tensors > 0) || (!meta && n_meta > 0))
+    if (!l)
         return FP_FAIL(FP_ERR_INVALID, "fp_safetensors_save: NULL argument");
-    if (l->n_tensors > FP_ST_MAX_TENSORS)
-        return FP_FAIL(FP_ERR_RANGE, "%zu tensors (at most %d)", l->n_tensors, FP_ST_MAX_TENSORS);
+    fp_st_group_t g = {l, data, prefix};
+    return fp_safetensors_save_groups(path, &g, 1, meta, n_meta);
+}
+
+fp_status fp_safetensors_save_groups(const char *path, const fp_st_group_t *g, size_t n_groups, const fp_kv_t *meta,
+                                     size_t n_meta)
+{
+    if (!path || (!g && n_groups > 0) || (!meta && n_meta > 0))
+        return FP_FAIL(FP_ERR_INVALID, "fp_safetensors_save: NULL argument");
+    size_t n_tensors = 0;
+    for (size_t gi = 0; gi < n_groups; gi++) {
+        if (!g[gi].layout || (!g[gi].data && g[gi].layout->n_tensors > 0))
+            return FP_FAIL(FP_ERR_INVALID, "fp_safetensors_save: NULL layout or data in group %zu", gi);
+        n_tensors += g[gi].layout->n_tensors;
+    }
+    if (n_tensors > FP_ST_MAX_TENSORS)
+        return FP_FAIL(FP_ERR_RANGE, "%zu tensors (at most %d)", n_tensors, FP_ST_MAX_TENSORS);
     json_object *root = NULL;
-    fp_status st = build_header(l, prefix, meta, n_meta, &root);
+    fp_status st = build_header(g, n_groups, meta, n_meta, &root);
     if (st != FP_OK)
         return st;
     size_t js_len = 0;
@@ -376,10 +392,11 @@ fp_status fp_safetensors_save(const char *path, const fp_layout_t *l, const floa
     }
     st = atomic_write(&a, hdr, 8 + padded);
     free(hdr);
-    for (size_t i = 0; st == FP_OK && i < l->n_tensors; i++) {
-        const fp_tensor_info_t *t = &l->tensors[i];
-        st = atomic_write(&a, data + t->offset, t->numel * sizeof(float));
-    }
+    for (size_t gi = 0; gi < n_groups; gi++)
+        for (size_t i = 0; st == FP_OK && i < g[gi].layout->n_tensors; i++) {
+            const fp_tensor_info_t *t = &g[gi].layout->tensors[i];
+            st = atomic_write(&a, g[gi].data + t->offset, t->numel * sizeof(float));
+        }
     if (st != FP_OK) {
         atomic_abort(&a);
         return st;

@@ -33,6 +33,19 @@ fp_status fp_file_write_atomic(const char *path, const void *data, size_t n);
 fp_status fp_safetensors_save(const char *path, const fp_layout_t *l, const float *data, const char *prefix,
                               const fp_kv_t *meta, size_t n_meta);
 
+/* One group of tensors for fp_safetensors_save_groups: every tensor of layout (data is its flat
+ * buffer) stored as "<prefix><name>" (prefix may be NULL). */
+typedef struct {
+    const fp_layout_t *layout;
+    const float *data;
+    const char *prefix;
+} fp_st_group_t;
+
+/* Several groups (e.g. a model and its optimizer moments) in one atomic file, in group order,
+ * without copying them into one buffer. Names must be unique across groups. */
+fp_status fp_safetensors_save_groups(const char *path, const fp_st_group_t *g, size_t n_groups, const fp_kv_t *meta,
+                                     size_t n_meta);
+
 typedef struct fp_st_file fp_st_file_t;
 
 /* Load and validate a whole safetensors file (header JSON, dtypes, shapes vs offsets,

@@ -142,6 +142,9 @@ static void msgs_set_header(msgs_t *m, const fp_ts_header_t *h)
     m->uh.local_steps = h->local_steps;
     m->uh.chunk_bytes = h->chunk_bytes;
     m->uh.chunk_count = h->chunk_count;
+    /* protobuf-c packs "" as absent; the writer never modifies the strings. */
+    m->uh.session = (char *)(uintptr_t)h->session;
+    m->uh.ledger_entry = (char *)(uintptr_t)h->ledger_entry;
     if (h->noise.present) {
         m->np.mechanism = (Fedprof__V1__NoiseMechanism)h->noise.mechanism;
         m->np.unit = (Fedprof__V1__PrivacyUnit)h->noise.unit;
@@ -510,8 +513,10 @@ static void header_from_model(fp_ts_header_t *h, const Fedprof__V1__ModelHeader 
     h->chunk_count = m->chunk_count;
 }
 
-static void header_from_update(fp_ts_header_t *h, const Fedprof__V1__UpdateHeader *u)
+/* Returns the name of a string field that was too long (then cut), else NULL. */
+static const char *header_from_update(fp_ts_header_t *h, const Fedprof__V1__UpdateHeader *u)
 {
+    const char *too_long = NULL;
     h->protocol_version = u->protocol_version;
     h->round_id = u->round_id;
     h->model_version = u->base_model_version;
@@ -522,6 +527,27 @@ static void header_from_update(fp_ts_header_t *h, const Fedprof__V1__UpdateHeade
     h->local_steps = u->local_steps;
     h->chunk_bytes = u->chunk_bytes;
     h->chunk_count = u->chunk_count;
+    /* Strings longer than their field are refused (the caller refuses the header); here they are
+     * cut so the header stays a valid C string either way. */
+    h->session[0] = h->ledger_entry[0] = '\0';
+    if (u->session) {
+        size_t n = strlen(u->session);
+        if (n > FP_TS_SESSION_MAX) {
+            too_long = "session";
+            n = FP_TS_SESSION_MAX;
+        }
+        memcpy(h->session, u->session, n);
+        h->session[n] = '\0';
+    }
+    if (u->ledger_entry) {
+        size_t n = strlen(u->ledger_entry);
+        if (n > FP_TS_LEDGER_MAX) {
+            too_long = "ledger_entry";
+            n = FP_TS_LEDGER_MAX;
+        }
+        memcpy(h->ledger_entry, u->ledger_entry, n);
+        h->ledger_entry[n] = '\0';
+    }
     if (u->noise) {
         h->noise.present = 1;
         h->noise.mechanism = (int)u->noise->mechanism;
@@ -533,6 +559,7 @@ static void header_from_update(fp_ts_header_t *h, const Fedprof__V1__UpdateHeade
         h->noise.steps = u->noise->steps;
         h->noise.delta = u->noise->delta;
     }
+    return too_long;
 }
 
 static fp_status on_header(fp_ts_reader_t *r, int dtype)
@@ -691,6 +718,7 @@ fp_status fp_ts_reader_feed(fp_ts_reader_t *r, const uint8_t *msg, size_t len)
         msg = empty;
     r->arena.used = 0;
     int body = BODY_NONE, dtype = 0;
+    const char *too_long = NULL;
     const Fedprof__V1__TensorChunk *chunk = NULL;
     const Fedprof__V1__Digest *digest = NULL;
     Fedprof__V1__ModelStreamMessage *mm = NULL;
@@ -716,7 +744,7 @@ fp_status fp_ts_reader_feed(fp_ts_reader_t *r, const uint8_t *msg, size_t len)
         body = (int)um->body_case;
         if (body == BODY_HEADER && um->header) {
             if (r->state == ST_HEADER)
-                header_from_update(&r->h, um->header);
+                too_long = header_from_update(&r->h, um->header);
             dtype = (int)um->header->dtype;
         } else if (body == BODY_CHUNK) {
             chunk = um->chunk;
@@ -728,6 +756,8 @@ fp_status fp_ts_reader_feed(fp_ts_reader_t *r, const uint8_t *msg, size_t len)
     if (body == BODY_HEADER) {
         if (r->state != ST_HEADER)
             st = REFUSE(r, FP_TS_REJECT_MALFORMED, FP_ERR_PARSE, "a second header after %u chunks", r->next_index);
+        else if (too_long)
+            st = REFUSE(r, FP_TS_REJECT_MALFORMED, FP_ERR_PARSE, "header %s is too long", too_long);
         else
             st = on_header(r, dtype);
     } else if (body == BODY_CHUNK && chunk) {

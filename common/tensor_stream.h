@@ -48,6 +48,10 @@
 #define FP_TS_SMALL_MSG_MAX 16384
 /* Bytes a packed chunk message may hold beyond its data (tags, index, offset, lengths). */
 #define FP_TS_CHUNK_OVERHEAD 256
+/* Longest session token of an update header (bytes, without the NUL). */
+#define FP_TS_SESSION_MAX 64
+/* Longest ledger entry of an update header (bytes, without the NUL). */
+#define FP_TS_LEDGER_MAX 8192
 
 /* Which stream: ModelStreamMessage (PullModel) or UpdateStreamMessage (PushUpdate). */
 typedef enum { FP_TS_MODEL = 1, FP_TS_UPDATE = 2 } fp_ts_kind;
@@ -94,6 +98,8 @@ typedef struct {
     fp_ts_noise_t noise;           /* (update) doubles finite */
     uint32_t example_count_bucket; /* (update) */
     uint64_t local_steps;          /* (update) */
+    char session[FP_TS_SESSION_MAX + 1];        /* (update) "" when absent; longer is MALFORMED */
+    char ledger_entry[FP_TS_LEDGER_MAX + 1];    /* (update) "" when absent; longer is MALFORMED */
 } fp_ts_header_t;
 
 /* Chunks needed for n floats at chunk_bytes each (0 if n is 0). */
