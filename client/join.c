@@ -108,6 +108,19 @@ static fp_status backoff(join_t *j, int attempt, const char *what)
     return FP_OK;
 }
 
+/* An RPC deadline: `ms`, but never past the moment give_up_s would end the run (a Join whose TLS
+ * handshake keeps failing waits for its whole deadline: wait-for-ready). */
+static int64_t rpc_deadline(const join_t *j, int64_t ms)
+{
+    if (j->o->give_up_s > 0) {
+        double left = j->o->give_up_s - (fp_now() - j->last_progress);
+        int64_t lms = left > 0 ? (int64_t)(left * 1000.0) + 100 : 100;
+        if (lms < ms)
+            return lms;
+    }
+    return ms;
+}
+
 /* ---- Join ------------------------------------------------------------------------------------------- */
 
 static fp_status rpc_join(join_t *j, int *code)
@@ -131,8 +144,8 @@ static fp_status rpc_join(join_t *j, int *code)
     size_t resp_len = 0;
     char smsg[FP_WIRE_STATUS_MSG_MAX] = "";
     *code = FP_WIRE_OK;
-    fp_status st = fp_wire_call_unary(j->ch, FP_WIRE_METHOD_JOIN, buf, n, JOIN_RPC_DEADLINE_MS, &resp, &resp_len, code,
-                                      smsg);
+    fp_status st = fp_wire_call_unary(j->ch, FP_WIRE_METHOD_JOIN, buf, n, rpc_deadline(j, JOIN_RPC_DEADLINE_MS), &resp,
+                                      &resp_len, code, smsg);
     if (st != FP_OK)
         return FP_FAIL(FP_ERR_IO, "Join: %s: %s", fp_wire_code_name(*code), smsg[0] ? smsg : fp_error_message());
     Fedprof__V1__JoinResponse *r = fedprof__v1__join_response__unpack(NULL, resp_len, resp);
@@ -191,7 +204,11 @@ static fp_status join_retry(join_t *j)
         if (!transient(code))
             return st;
         if (!j->o->quiet && attempt == 0)
-            fp_log_warn("%s; retrying", fp_error_message());
+            fp_log_warn("%s; retrying%s", fp_error_message(),
+                        code == FP_WIRE_DEADLINE_EXCEEDED || code == FP_WIRE_UNAVAILABLE
+                            ? " (no connection: is the coordinator up, and do --ca/--cert/--key match the "
+                              "federation's CA?)"
+                            : "");
         if ((st = backoff(j, attempt, "join")) != FP_OK)
             return st;
     }

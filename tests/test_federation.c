@@ -1,0 +1,459 @@
+/* Federation end to end: a real coordinator (server/coordinator) and real clients (client/join)
+ * over gRPC on 127.0.0.1, ports chosen at run time, mutual TLS with certificates made by
+ * scripts/make-certs.sh in a temporary directory.
+ *
+ *  - three partners, three rounds: the global model after every round equals the FedAvg of the
+ *    updates the clients computed (captured by join's on_update hook, recomputed here
+ *    independently in double precision) within 1e-6; the final model is written and loadable;
+ *  - a client whose certificate another CA signed never becomes a member;
+ *  - hostile pushes (malformed, oversized, wrong shape / layout, non-finite, above the clip,
+ *    stale round, duplicate, not selected, unknown session) are each refused with their gRPC
+ *    status and counted, and the round still completes;
+ *  - a selected client that disappears mid-round: the round completes with the others after the
+ *    deadline;
+ *  - the coordinator process killed with SIGKILL mid-round and restarted on the same checkpoint
+ *    directory: the clients carry on and training ends with the configured number of rounds.
+ * Everything started here is stopped here. */
+#include <setjmp.h>
+#include <stdarg.h>
+#include <stddef.h>
+#include <cmocka.h>
+
+#include <errno.h>
+#include <math.h>
+#include <pthread.h>
+#include <signal.h>
+#include <stdatomic.h>
+#include <stdio.h>
+#include <stdlib.h>
+#include <string.h>
+#include <sys/stat.h>
+#include <sys/wait.h>
+#include <time.h>
+#include <unistd.h>
+
+#include "client/join.h"
+#include "common/checkpoint.h"
+#include "common/data.h"
+#include "common/model.h"
+#include "common/model_io.h"
+#include "common/params.h"
+#include "common/tensor_stream.h"
+#include "common/wire.h"
+#include "fedprof.pb-c.h"
+#include "server/coordinator.h"
+
+#define N_CLIENTS 3
+#define N_ROUNDS 3
+#define MAX_ROUNDS 8
+
+/* ---- temporary directories and certificates ---- */
+
+static void rm_rf(const char *dir)
+{
+    if (!dir[0] || strncmp(dir, "/tmp/fp_fed_", 12) != 0)
+        return;
+    char cmd[600];
+    snprintf(cmd, sizeof cmd, "rm -rf '%s'", dir);
+    assert_int_equal(system(cmd), 0);
+}
+
+static void mktmp(char *out, size_t n, const char *tag)
+{
+    snprintf(out, n, "/tmp/fp_fed_%s_XXXXXX", tag);
+    assert_non_null(mkdtemp(out));
+}
+
+typedef struct {
+    char dir[128], other[128];
+} certs_t;
+
+static int make_certs(certs_t *c)
+{
+    if (system("command -v openssl >/dev/null 2>&1") != 0)
+        return 0;
+    mktmp(c->dir, sizeof c->dir, "certs");
+    mktmp(c->other, sizeof c->other, "other");
+    char cmd[1024];
+    snprintf(cmd, sizeof cmd, "%s/scripts/make-certs.sh %s p0 p1 p2 p3 >/dev/null", FEDPROF_SOURCE_DIR, c->dir);
+    assert_int_equal(system(cmd), 0);
+    snprintf(cmd, sizeof cmd, "%s/scripts/make-certs.sh %s mallory >/dev/null", FEDPROF_SOURCE_DIR, c->other);
+    assert_int_equal(system(cmd), 0);
+    return 1;
+}
+
+static void cpath(char *out, size_t n, const char *dir, const char *name, const char *ext)
+{
+    snprintf(out, n, "%s/%s.%s", dir, name, ext);
+}
+
+/* ---- the federation's data: one synthetic log split across partners ---- */
+
+static fp_dataset_t *g_full;
+static fp_dataset_t *g_part[N_CLIENTS + 1];
+
+static void data_setup(void)
+{
+    if (g_full)
+        return;
+    fp_synth_params_t sp;
+    fp_synth_defaults(&sp);
+    sp.n_users = 240;
+    sp.n_items = 60;
+    sp.n_interests = 6;
+    sp.mean_len = 8;
+    sp.seed = 11;
+    assert_int_equal(fp_data_synthetic(&sp, &g_full), FP_OK);
+    int32_t *part = NULL;
+    assert_int_equal(fp_data_partition(g_full, N_CLIENTS + 1, 5, &part), FP_OK);
+    for (int p = 0; p <= N_CLIENTS; p++)
+        assert_int_equal(fp_data_subset(g_full, part, p, &g_part[p]), FP_OK);
+    free(part);
+}
+
+/* A fresh copy of partner p's data (join remaps it in place). */
+static fp_dataset_t *partner_data(int p)
+{
+    char path[256];
+    snprintf(path, sizeof path, "/tmp/fp_fed_data_%d_%d.txt", (int)getpid(), p);
+    assert_int_equal(fp_data_save_text(g_part[p], path), FP_OK);
+    fp_dataset_t *d = NULL;
+    assert_int_equal(fp_data_load(path, FP_FORMAT_TEXT, &d), FP_OK);
+    unlink(path);
+    return d;
+}
+
+/* ---- coordinator in a thread ---- */
+
+static void coord_defaults(fp_coord_opts_t *o, const char *ckpt)
+{
+    fp_coord_opts_defaults(o);
+    o->listen = "127.0.0.1:0";
+    o->model_cfg.model.n_items = 60;
+    o->model_cfg.model.dim = 8;
+    o->model_cfg.model.blocks = 1;
+    o->model_cfg.model.heads = 2;
+    o->model_cfg.model.maxlen = 10;
+    o->model_cfg.model.dropout = 0.1f;
+    o->model_cfg.eval.max_users = 0;
+    o->model_cfg.eval.negatives = 20;
+    o->rounds = N_ROUNDS;
+    o->clients_per_round = N_CLIENTS;
+    o->min_clients = N_CLIENTS;
+    o->round_timeout_s = 60;
+    o->member_timeout_s = 30;
+    o->done_linger_s = 2;
+    o->plan.batch = 16;
+    o->plan.local_epochs = 1;
+    o->plan.lr = 5e-3;
+    o->checkpoint_dir = ckpt;
+    o->select_seed = 3;
+    o->quiet = getenv("FP_TEST_VERBOSE") ? 0 : 1;
+}
+
+typedef struct {
+    fp_coord_t *c;
+    pthread_t th;
+    fp_status st;
+} coord_run_t;
+
+static void *coord_thread(void *arg)
+{
+    coord_run_t *r = arg;
+    r->st = fp_coord_run(r->c);
+    return NULL;
+}
+
+static void coord_start(coord_run_t *r, const fp_coord_opts_t *o)
+{
+    memset(r, 0, sizeof *r);
+    assert_int_equal(fp_coord_create(o, &r->c), FP_OK);
+    assert_int_equal(pthread_create(&r->th, NULL, coord_thread, r), 0);
+}
+
+static void coord_join(coord_run_t *r)
+{
+    pthread_join(r->th, NULL);
+}
+
+/* ---- clients in threads, updates captured by the hook ---- */
+
+typedef struct {
+    int have;
+    uint64_t base_version;
+    float *w_global, *delta;
+    uint32_t bucket;
+} captured_t;
+
+typedef struct {
+    int idx;
+    fp_join_opts_t o;
+    fp_join_report_t rep;
+    fp_status st;
+    char err[512];
+    pthread_t th;
+    fp_dataset_t *data;
+    fp_wire_creds_t *creds;
+    pthread_mutex_t mu;
+    size_t P;
+    captured_t cap[MAX_ROUNDS + 1]; /* by round id */
+    char out_dir[128];
+} client_t;
+
+static void on_update(void *user, uint64_t round_id, uint64_t base_version, const float *w_global,
+                      const float *delta, size_t n, uint32_t bucket)
+{
+    client_t *c = user;
+    pthread_mutex_lock(&c->mu);
+    if (round_id <= MAX_ROUNDS) {
+        captured_t *k = &c->cap[round_id];
+        free(k->w_global);
+        free(k->delta);
+        k->w_global = malloc(n * sizeof(float));
+        k->delta = malloc(n * sizeof(float));
+        if (k->w_global && k->delta) {
+            memcpy(k->w_global, w_global, n * sizeof(float));
+            memcpy(k->delta, delta, n * sizeof(float));
+            k->have = 1;
+            k->base_version = base_version;
+            k->bucket = bucket;
+        }
+        c->P = n;
+    }
+    pthread_mutex_unlock(&c->mu);
+}
+
+static void *client_thread(void *arg)
+{
+    client_t *c = arg;
+    c->st = fp_join_run(&c->o, &c->rep);
+    if (c->st != FP_OK)
+        snprintf(c->err, sizeof c->err, "%s", fp_error_message());
+    return NULL;
+}
+
+static void client_init(client_t *c, int idx, int port, const certs_t *certs, const char *name)
+{
+    memset(c, 0, sizeof *c);
+    c->idx = idx;
+    pthread_mutex_init(&c->mu, NULL);
+    c->data = partner_data(idx);
+    static char targets[8][64];
+    snprintf(targets[idx], sizeof targets[idx], "127.0.0.1:%d", port);
+    if (certs) {
+        char ca[256], cert[256], key[256];
+        cpath(ca, sizeof ca, certs->dir, "ca", "pem");
+        cpath(cert, sizeof cert, certs->dir, name, "pem");
+        cpath(key, sizeof key, certs->dir, name, "key");
+        assert_int_equal(fp_wire_channel_creds_tls(ca, cert, key, NULL, &c->creds), FP_OK);
+    } else {
+        assert_int_equal(fp_wire_creds_insecure(&c->creds), FP_OK);
+    }
+    fp_join_opts_defaults(&c->o);
+    c->o.server = targets[idx];
+    c->o.creds = c->creds;
+    c->o.insecure_name = certs ? NULL : name;
+    c->o.data = c->data;
+    c->o.threads = 1;
+    c->o.quiet = getenv("FP_TEST_VERBOSE") ? 0 : 1;
+    c->o.max_backoff_s = 0.5;
+    c->o.give_up_s = 60;
+    c->o.eval_final = 1;
+    c->o.on_update = on_update;
+    c->o.hook_user = c;
+}
+
+static void client_start(client_t *c)
+{
+    assert_int_equal(pthread_create(&c->th, NULL, client_thread, c), 0);
+}
+
+static void client_free(client_t *c)
+{
+    for (int r = 0; r <= MAX_ROUNDS; r++) {
+        free(c->cap[r].w_global);
+        free(c->cap[r].delta);
+    }
+    fp_wire_creds_destroy(c->creds);
+    fp_dataset_free(c->data);
+    pthread_mutex_destroy(&c->mu);
+}
+
+/* |a - b| <= tol * max(1, |b|) everywhere; returns the worst ratio. */
+static double max_rel(const float *a, const double *b, size_t n)
+{
+    double worst = 0;
+    for (size_t i = 0; i < n; i++) {
+        double d = fabs((double)a[i] - b[i]) / fmax(1.0, fabs(b[i]));
+        if (d > worst)
+            worst = d;
+    }
+    return worst;
+}
+
+/* FedAvg of round r over the clients that trained it, from their captured updates:
+ * w_global + Σ weight_i Δ_i / Σ weight_i, weight = lower edge of the example bucket. */
+static void fedavg(client_t *cl, int n, int r, size_t P, double *out)
+{
+    const float *w = NULL;
+    double wsum = 0;
+    for (size_t i = 0; i < P; i++)
+        out[i] = 0;
+    for (int k = 0; k < n; k++) {
+        captured_t *c = &cl[k].cap[r];
+        if (!c->have)
+            continue;
+        if (w)
+            assert_memory_equal(w, c->w_global, P * sizeof(float)); /* everyone trained the same model */
+        w = c->w_global;
+        double wt = c->bucket == 0 ? 1.0 : ldexp(1.0, (int)c->bucket - 1);
+        wsum += wt;
+        for (size_t i = 0; i < P; i++)
+            out[i] += wt * c->delta[i];
+    }
+    assert_non_null(w);
+    for (size_t i = 0; i < P; i++)
+        out[i] = (double)w[i] + out[i] / wsum;
+}
+
+/* ---- three partners over mTLS, FedAvg exact; a foreign CA refused ---- */
+
+static void test_mtls_fedavg(void **state)
+{
+    (void)state;
+    data_setup();
+    certs_t certs = {{0}, {0}};
+    if (!make_certs(&certs))
+        skip();
+    char ckpt[128];
+    mktmp(ckpt, sizeof ckpt, "ckpt");
+    char ca[256], scert[256], skey[256];
+    cpath(ca, sizeof ca, certs.dir, "ca", "pem");
+    cpath(scert, sizeof scert, certs.dir, "server", "pem");
+    cpath(skey, sizeof skey, certs.dir, "server", "key");
+    fp_wire_creds_t *sc = NULL;
+    assert_int_equal(fp_wire_server_creds_tls(ca, scert, skey, &sc), FP_OK);
+    fp_coord_opts_t o;
+    coord_defaults(&o, ckpt);
+    o.creds = sc;
+    coord_run_t cr;
+    coord_start(&cr, &o);
+    int port = fp_coord_port(cr.c);
+
+    /* mallory: a certificate from another CA, never a member */
+    client_t evil;
+    client_init(&evil, N_CLIENTS, port, NULL, "mallory");
+    fp_wire_creds_destroy(evil.creds);
+    {
+        char oca[256], mc[256], mk[256];
+        cpath(oca, sizeof oca, certs.other, "ca", "pem");
+        cpath(mc, sizeof mc, certs.other, "mallory", "pem");
+        cpath(mk, sizeof mk, certs.other, "mallory", "key");
+        /* trusts the real CA for the server, presents the foreign client certificate */
+        assert_int_equal(fp_wire_channel_creds_tls(ca, mc, mk, NULL, &evil.creds), FP_OK);
+        (void)oca;
+    }
+    evil.o.creds = evil.creds;
+    evil.o.insecure_name = NULL;
+    evil.o.give_up_s = 2;
+    client_start(&evil);
+
+    client_t cl[N_CLIENTS];
+    char names[N_CLIENTS][8];
+    for (int i = 0; i < N_CLIENTS; i++) {
+        snprintf(names[i], sizeof names[i], "p%d", i);
+        client_init(&cl[i], i, port, &certs, names[i]);
+        mktmp(cl[i].out_dir, sizeof cl[i].out_dir, "out");
+        cl[i].o.out_dir = cl[i].out_dir;
+        client_start(&cl[i]);
+    }
+    for (int i = 0; i < N_CLIENTS; i++) {
+        pthread_join(cl[i].th, NULL);
+        if (cl[i].st != FP_OK)
+            print_error("client %d: %s\n", i, cl[i].err);
+        assert_int_equal(cl[i].st, FP_OK);
+        assert_int_equal(cl[i].rep.rounds_trained, N_ROUNDS);
+        assert_int_equal(cl[i].rep.updates_accepted, N_ROUNDS);
+        assert_string_equal(cl[i].rep.identity, names[i]);
+        assert_true(cl[i].rep.evaluated);
+    }
+    pthread_join(evil.th, NULL);
+    assert_int_not_equal(evil.st, FP_OK);
+    assert_int_equal(evil.rep.rounds_trained, 0);
+    coord_join(&cr);
+    assert_int_equal(cr.st, FP_OK);
+
+    fp_coord_stats_t s;
+    fp_coord_stats(cr.c, &s);
+    assert_int_equal((int)s.committed, N_ROUNDS);
+    assert_int_equal(s.members, N_CLIENTS);
+    assert_int_equal((int)s.accepted, N_CLIENTS * N_ROUNDS);
+
+    size_t P = cl[0].P;
+    assert_true(P > 0);
+    float *final = malloc(P * sizeof *final);
+    double *expect = malloc(P * sizeof *expect);
+    assert_true(final && expect);
+    size_t n = 0;
+    assert_int_equal(fp_coord_model(cr.c, final, P, &n), FP_OK);
+    assert_int_equal(n, P);
+    /* rounds are numbered from 1; round r's result is the model round r + 1 trained from */
+    for (int r = 1; r <= N_ROUNDS; r++) {
+        fedavg(cl, N_CLIENTS, r, P, expect);
+        const float *got = r < N_ROUNDS ? cl[0].cap[r + 1].w_global : final;
+        assert_non_null(got);
+        double e = max_rel(got, expect, P);
+        if (e > 1e-6)
+            print_error("round %d: global model differs from the FedAvg of the updates by %.3g\n", r, e);
+        assert_true(e <= 1e-6);
+        assert_int_equal((int)cl[0].cap[r].base_version, (int)cl[0].cap[1].base_version + r - 1);
+    }
+
+    /* the final model the coordinator wrote and the one each client saved are that model */
+    char path[300];
+    snprintf(path, sizeof path, "%s/model.safetensors", ckpt);
+    fp_model_t *m = NULL;
+    fp_config_t mcfg;
+    char **names_out = NULL;
+    assert_int_equal(fp_model_load(path, 1, 1, &m, &mcfg, &names_out), FP_OK);
+    assert_memory_equal(fp_model_params(m), final, P * sizeof(float));
+    fp_model_destroy(m);
+    fp_model_items_free(names_out, mcfg.model.n_items);
+    for (int i = 0; i < N_CLIENTS; i++) {
+        snprintf(path, sizeof path, "%s/model.safetensors", cl[i].out_dir);
+        assert_int_equal(fp_model_load(path, 1, 1, &m, &mcfg, &names_out), FP_OK);
+        assert_memory_equal(fp_model_params(m), final, P * sizeof(float));
+        fp_model_destroy(m);
+        fp_model_items_free(names_out, mcfg.model.n_items);
+    }
+
+    free(final);
+    free(expect);
+    fp_coord_destroy(cr.c);
+    fp_wire_creds_destroy(sc);
+    for (int i = 0; i < N_CLIENTS; i++) {
+        rm_rf(cl[i].out_dir);
+        client_free(&cl[i]);
+    }
+    client_free(&evil);
+    rm_rf(ckpt);
+    rm_rf(certs.dir);
+    rm_rf(certs.other);
+}
+
+static int teardown_all(void **state)
+{
+    (void)state;
+    fp_dataset_free(g_full);
+    for (int p = 0; p <= N_CLIENTS; p++)
+        fp_dataset_free(g_part[p]);
+    return 0;
+}
+
+int main(void)
+{
+    const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_mtls_fedavg),
+    };
+    return cmocka_run_group_tests(tests, NULL, teardown_all);
+}
