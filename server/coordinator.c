@@ -330,8 +330,12 @@ static void on_join(fp_wire_call_t *call, void *user)
             code = FP_WIRE_RESOURCE_EXHAUSTED;
             msg = "membership is full";
         } else {
+            double now = fp_now();
+            if (m->session[0] && member_live(c, m, now) && !c->o.quiet)
+                fp_log_warn("%s joined again while its previous session was live (a restart, or two clients "
+                            "sharing one identity?): the previous session is replaced", id);
             memcpy(m->session, session, sizeof session);
-            m->last_seen = fp_now();
+            m->last_seen = now;
             m->examples_bucket = (uint32_t)(req->num_examples_bucket > 64 ? 64 : req->num_examples_bucket);
             if (req->ledger_public_key_pem && req->ledger_public_key_pem[0]) {
                 char *pk = dup_str(req->ledger_public_key_pem);
@@ -340,7 +344,8 @@ static void on_join(fp_wire_call_t *call, void *user)
                     m->pubkey = pk;
                 }
             }
-            m->pushing = 0;
+            /* m->pushing stays: a push still in flight ends by itself and clears it, so a
+             * re-joined client cannot have two updates of one round in the aggregate */
             pthread_cond_broadcast(&c->cv);
         }
         pthread_mutex_unlock(&c->mu);
@@ -1128,8 +1133,11 @@ fp_status fp_coord_opts_validate(const fp_coord_opts_t *o)
         return FP_FAIL(FP_ERR_RANGE, "rounds must be in [1, 1e8]");
     if (o->clients_per_round < 1 || o->clients_per_round > COORD_MAX_MEMBERS)
         return FP_FAIL(FP_ERR_RANGE, "clients_per_round must be in [1, %d]", COORD_MAX_MEMBERS);
-    if (o->min_clients < 1 || o->min_clients > o->clients_per_round)
-        return FP_FAIL(FP_ERR_RANGE, "min_clients must be in [1, clients_per_round = %d]", o->clients_per_round);
+    if (o->min_clients < 1 || o->min_clients > COORD_MAX_MEMBERS)
+        return FP_FAIL(FP_ERR_RANGE, "min_clients must be in [1, %d]", COORD_MAX_MEMBERS);
+    if (o->min_updates < 0 || o->min_updates > o->clients_per_round)
+        return FP_FAIL(FP_ERR_RANGE, "min_updates must be in [0, clients_per_round = %d] (0: min_clients)",
+                       o->clients_per_round);
     if (!(o->over_selection >= 1.0 && o->over_selection <= 10.0))
         return FP_FAIL(FP_ERR_RANGE, "over_selection must be in [1, 10]");
     if (!(o->round_timeout_s > 0 && o->round_timeout_s <= 86400))
@@ -1458,11 +1466,13 @@ fp_status fp_coord_run(fp_coord_t *c)
         while (c->adding > 0)
             timed_wait(&c->cv, &c->mu, 20);
         int got = c->received;
-        if (got < o->min_clients) {
+        int need = o->min_updates > 0 ? o->min_updates
+                                      : (o->min_clients < o->clients_per_round ? o->min_clients : o->clients_per_round);
+        if (got < need) {
             c->failed_rounds++;
             if (!o->quiet)
                 fp_log_warn("round %" PRIu64 " failed: %d update(s) by the deadline, %d needed; selecting again",
-                            c->round_id, got, o->min_clients);
+                            c->round_id, got, need);
             continue;
         }
         pthread_mutex_unlock(&c->mu);

@@ -10,7 +10,7 @@
  *             accepted update is added to the strategy's running aggregate as it arrives. The
  *             phase ends when clients_per_round updates arrived, when every selected member has
  *             answered, or at the round deadline (round_timeout_s): later pushes are STALE.
- *   AGGREGATE with at least min_clients updates: Δ̄ from the strategy, the server optimizer step;
+ *   AGGREGATE with at least min_updates updates (default: min(min_clients, clients_per_round)): Δ̄ from the strategy, the server optimizer step;
  *             with fewer the round failed and is retried with a new selection (failed_rounds)
  *   COMMIT    the new model version is checkpointed atomically (model, optimizer state, round
  *             counters, membership, rejection counters) and then published
@@ -75,7 +75,9 @@ typedef struct {
     uint64_t init_seed;             /* seed of the initial global model */
     int rounds;                     /* committed rounds to run, >= 1 */
     int clients_per_round;          /* updates wanted per round, >= 1 */
-    int min_clients;                /* live members needed to start and updates needed to commit */
+    int min_clients;                /* live members needed to start a round, >= 1 */
+    int min_updates;                /* updates needed to commit a round, in [0, clients_per_round];
+                                       0: min(min_clients, clients_per_round) */
     double over_selection;          /* select ceil(clients_per_round × this) members, >= 1 */
     double round_timeout_s;         /* round deadline, > 0 */
     double member_timeout_s;        /* a member silent for longer is not live, > 0 */

@@ -34,6 +34,7 @@
 
 #include "client/join.h"
 #include "common/checkpoint.h"
+#include "common/log.h"
 #include "common/data.h"
 #include "common/model.h"
 #include "common/model_io.h"
@@ -441,6 +442,419 @@ static void test_mtls_fedavg(void **state)
     rm_rf(certs.other);
 }
 
+/* ---- a hand-driven member: raw Join / GetTask / PushUpdate ---- */
+
+typedef struct {
+    fp_wire_channel_t *ch;
+    char session[FP_TS_SESSION_MAX + 1];
+} raw_t;
+
+static void raw_open(raw_t *r, int port)
+{
+    memset(r, 0, sizeof *r);
+    char target[64];
+    snprintf(target, sizeof target, "127.0.0.1:%d", port);
+    fp_wire_creds_t *cc = NULL;
+    assert_int_equal(fp_wire_creds_insecure(&cc), FP_OK);
+    assert_int_equal(fp_wire_channel_create(target, cc, 0, &r->ch), FP_OK);
+    fp_wire_creds_destroy(cc);
+}
+
+static void raw_join(raw_t *r, const char *name)
+{
+    Fedprof__V1__JoinRequest req = FEDPROF__V1__JOIN_REQUEST__INIT;
+    Fedprof__V1__Capabilities cap = FEDPROF__V1__CAPABILITIES__INIT;
+    req.protocol_version = 1;
+    cap.max_message_bytes = FP_WIRE_DEFAULT_MAX_MSG;
+    cap.max_parameters = FP_TS_MAX_PARAMS;
+    cap.discrete_gaussian = 1;
+    req.capabilities = &cap;
+    req.num_examples_bucket = 5;
+    req.insecure_name = (char *)(uintptr_t)name;
+    uint8_t buf[512];
+    size_t n = fedprof__v1__join_request__pack(&req, buf);
+    uint8_t *resp = NULL;
+    size_t rn = 0;
+    int code = -1;
+    char msg[FP_WIRE_STATUS_MSG_MAX];
+    assert_int_equal(fp_wire_call_unary(r->ch, FP_WIRE_METHOD_JOIN, buf, n, 5000, &resp, &rn, &code, msg), FP_OK);
+    Fedprof__V1__JoinResponse *jr = fedprof__v1__join_response__unpack(NULL, rn, resp);
+    free(resp);
+    assert_non_null(jr);
+    assert_non_null(jr->session);
+    snprintf(r->session, sizeof r->session, "%s", jr->session);
+    fedprof__v1__join_response__free_unpacked(jr, NULL);
+}
+
+/* Poll until TRAIN (or DONE: returns 0). */
+static int raw_wait_train(raw_t *r, uint64_t *round_id, uint64_t *version, size_t *P, uint64_t *layout)
+{
+    for (int i = 0; i < 200; i++) {
+        Fedprof__V1__GetTaskRequest req = FEDPROF__V1__GET_TASK_REQUEST__INIT;
+        req.protocol_version = 1;
+        req.max_wait_ms = 200;
+        req.session = r->session;
+        uint8_t buf[256];
+        size_t n = fedprof__v1__get_task_request__pack(&req, buf);
+        uint8_t *resp = NULL;
+        size_t rn = 0;
+        int code = -1;
+        char msg[FP_WIRE_STATUS_MSG_MAX];
+        assert_int_equal(fp_wire_call_unary(r->ch, FP_WIRE_METHOD_GET_TASK, buf, n, 5000, &resp, &rn, &code, msg),
+                         FP_OK);
+        Fedprof__V1__GetTaskResponse *t = fedprof__v1__get_task_response__unpack(NULL, rn, resp);
+        free(resp);
+        assert_non_null(t);
+        int action = t->action;
+        if (action == FEDPROF__V1__TASK_ACTION__TASK_ACTION_TRAIN) {
+            assert_non_null(t->model);
+            *round_id = t->round_id;
+            *version = t->model_version;
+            *P = (size_t)t->model->parameter_count;
+            *layout = t->model->layout_hash;
+        }
+        fedprof__v1__get_task_response__free_unpacked(t, NULL);
+        if (action == FEDPROF__V1__TASK_ACTION__TASK_ACTION_TRAIN)
+            return 1;
+        if (action == FEDPROF__V1__TASK_ACTION__TASK_ACTION_DONE)
+            return 0;
+    }
+    fail_msg("no task after 200 polls");
+    return 0;
+}
+
+/* The packed messages of an update stream (header, chunks, digest), owned by the caller. */
+typedef struct {
+    uint8_t *m[64];
+    size_t len[64];
+    int n;
+} msgs_t;
+
+static void msgs_make(msgs_t *s, const fp_ts_header_t *h, const float *data)
+{
+    memset(s, 0, sizeof *s);
+    fp_ts_writer_t *w = NULL;
+    assert_int_equal(fp_ts_writer_create(h, data, &w), FP_OK);
+    for (;;) {
+        const uint8_t *m = NULL;
+        size_t n = 0;
+        assert_int_equal(fp_ts_writer_next(w, &m, &n), FP_OK);
+        if (!m)
+            break;
+        assert_true(s->n < 64);
+        s->m[s->n] = malloc(n ? n : 1);
+        assert_non_null(s->m[s->n]);
+        memcpy(s->m[s->n], m, n);
+        s->len[s->n++] = n;
+    }
+    fp_ts_writer_destroy(w);
+}
+
+static void msgs_free(msgs_t *s)
+{
+    for (int i = 0; i < s->n; i++)
+        free(s->m[i]);
+}
+
+/* Push the messages; returns the gRPC status. */
+static int raw_push(raw_t *r, const msgs_t *s)
+{
+    fp_wire_stream_t *st = NULL;
+    assert_int_equal(fp_wire_stream_open(r->ch, FP_WIRE_METHOD_PUSH_UPDATE, 10000, &st), FP_OK);
+    for (int i = 0; i < s->n; i++)
+        if (fp_wire_stream_write(st, s->m[i], s->len[i]) != FP_OK)
+            break;
+    uint8_t *resp = NULL;
+    size_t rn = 0;
+    int code = -1;
+    char msg[FP_WIRE_STATUS_MSG_MAX] = "";
+    (void)fp_wire_stream_finish(st, &resp, &rn, &code, msg);
+    free(resp);
+    fp_wire_stream_destroy(st);
+    return code;
+}
+
+static void raw_close(raw_t *r)
+{
+    fp_wire_channel_destroy(r->ch);
+}
+
+/* An update header for the current round. */
+static void upd_header(fp_ts_header_t *h, const raw_t *r, uint64_t round_id, uint64_t version, size_t P,
+                       uint64_t layout, double clip)
+{
+    memset(h, 0, sizeof *h);
+    h->kind = FP_TS_UPDATE;
+    h->protocol_version = 1;
+    h->round_id = round_id;
+    h->model_version = version;
+    h->param_count = P;
+    h->layout_hash = layout;
+    h->chunk_bytes = 4096;
+    h->clip_bound = clip;
+    h->example_count_bucket = 5;
+    snprintf(h->session, sizeof h->session, "%s", r->session);
+}
+
+#define REJ(s, name) ((s).rejections[FEDPROF__V1__REJECT_REASON__REJECT_REASON_##name])
+
+/* ---- every kind of bad update refused with its status; the round still completes ---- */
+
+static void test_hostile_updates(void **state)
+{
+    (void)state;
+    data_setup();
+    char ckpt[128];
+    mktmp(ckpt, sizeof ckpt, "ckpt");
+    fp_wire_creds_t *sc = NULL;
+    assert_int_equal(fp_wire_creds_insecure(&sc), FP_OK);
+    fp_coord_opts_t o;
+    coord_defaults(&o, ckpt);
+    o.creds = sc;
+    o.insecure = 1;
+    o.rounds = 1;
+    o.plan.clip = 10.0; /* clipping declared: updates above it are refused */
+    coord_run_t cr;
+    coord_start(&cr, &o);
+    int port = fp_coord_port(cr.c);
+
+    raw_t h, g, z, bogus;
+    raw_open(&h, port);
+    raw_open(&g, port);
+    raw_open(&z, port);
+    raw_open(&bogus, port);
+    raw_join(&h, "h");
+    raw_join(&g, "g");
+    client_t p0;
+    client_init(&p0, 0, port, NULL, "p0");
+    client_start(&p0);
+
+    uint64_t round_id = 0, version = 0, layout = 0;
+    size_t P = 0;
+    assert_true(raw_wait_train(&h, &round_id, &version, &P, &layout));
+    raw_join(&z, "z"); /* a member that joined after the selection */
+    float *zero = calloc(P + 1, sizeof *zero), *big = malloc((P + 1) * sizeof *big);
+    assert_true(zero && big);
+    for (size_t i = 0; i <= P; i++)
+        big[i] = 1.0f; /* L2 norm sqrt(P) >> 10 */
+
+    fp_ts_header_t hd;
+    msgs_t s;
+    fp_coord_stats_t st0, st1;
+    fp_coord_stats(cr.c, &st0);
+
+    /* malformed: the first message is not an UpdateHeader */
+    upd_header(&hd, &h, round_id, version, P, layout, 10.0);
+    msgs_make(&s, &hd, zero);
+    s.m[0][0] ^= 0xff;
+    s.m[0][1] ^= 0xff;
+    assert_int_equal(raw_push(&h, &s), FP_WIRE_INVALID_ARGUMENT);
+    msgs_free(&s);
+    /* malformed: chunks out of order */
+    msgs_make(&s, &hd, zero);
+    assert_true(s.n >= 4);
+    uint8_t *t = s.m[1];
+    size_t tl = s.len[1];
+    s.m[1] = s.m[2];
+    s.len[1] = s.len[2];
+    s.m[2] = t;
+    s.len[2] = tl;
+    assert_int_equal(raw_push(&h, &s), FP_WIRE_INVALID_ARGUMENT);
+    msgs_free(&s);
+    /* oversized: more parameters than the model, refused from the header */
+    upd_header(&hd, &h, round_id, version, P + 1, layout, 10.0);
+    msgs_make(&s, &hd, zero);
+    assert_int_equal(raw_push(&h, &s), FP_WIRE_RESOURCE_EXHAUSTED);
+    msgs_free(&s);
+    /* wrong shape: fewer parameters; wrong layout */
+    upd_header(&hd, &h, round_id, version, P - 1, layout, 10.0);
+    msgs_make(&s, &hd, zero);
+    assert_int_equal(raw_push(&h, &s), FP_WIRE_FAILED_PRECONDITION);
+    msgs_free(&s);
+    upd_header(&hd, &h, round_id, version, P, layout ^ 1, 10.0);
+    msgs_make(&s, &hd, zero);
+    assert_int_equal(raw_push(&h, &s), FP_WIRE_FAILED_PRECONDITION);
+    msgs_free(&s);
+    /* non-finite: a NaN in the last value of the last chunk */
+    upd_header(&hd, &h, round_id, version, P, layout, 10.0);
+    msgs_make(&s, &hd, zero);
+    {
+        int last = s.n - 2; /* the last chunk */
+        const uint8_t nan_le[4] = {0x00, 0x00, 0xc0, 0x7f};
+        memcpy(s.m[last] + s.len[last] - 4, nan_le, 4);
+    }
+    assert_int_equal(raw_push(&h, &s), FP_WIRE_INVALID_ARGUMENT);
+    msgs_free(&s);
+    /* bad digest: one bit of the data flipped */
+    msgs_make(&s, &hd, zero);
+    s.m[1][s.len[1] - 1] ^= 0x01;
+    assert_int_equal(raw_push(&h, &s), FP_WIRE_DATA_LOSS);
+    msgs_free(&s);
+    /* above the declared clip; no clip declared although the federation requires it */
+    msgs_make(&s, &hd, big);
+    assert_int_equal(raw_push(&h, &s), FP_WIRE_INVALID_ARGUMENT);
+    msgs_free(&s);
+    upd_header(&hd, &h, round_id, version, P, layout, 0.0);
+    msgs_make(&s, &hd, zero);
+    assert_int_equal(raw_push(&h, &s), FP_WIRE_INVALID_ARGUMENT);
+    msgs_free(&s);
+    /* stale: another round, an old base model */
+    upd_header(&hd, &h, round_id + 1, version, P, layout, 10.0);
+    msgs_make(&s, &hd, zero);
+    assert_int_equal(raw_push(&h, &s), FP_WIRE_ABORTED);
+    msgs_free(&s);
+    upd_header(&hd, &h, round_id, version - 1, P, layout, 10.0);
+    msgs_make(&s, &hd, zero);
+    assert_int_equal(raw_push(&h, &s), FP_WIRE_ABORTED);
+    msgs_free(&s);
+    /* protocol version 2 */
+    upd_header(&hd, &h, round_id, version, P, layout, 10.0);
+    hd.protocol_version = 2;
+    msgs_make(&s, &hd, zero);
+    assert_int_equal(raw_push(&h, &s), FP_WIRE_FAILED_PRECONDITION);
+    msgs_free(&s);
+    /* unknown session */
+    snprintf(bogus.session, sizeof bogus.session, "not-a-session");
+    upd_header(&hd, &bogus, round_id, version, P, layout, 10.0);
+    msgs_make(&s, &hd, zero);
+    assert_int_equal(raw_push(&bogus, &s), FP_WIRE_UNAUTHENTICATED);
+    msgs_free(&s);
+    /* not selected */
+    upd_header(&hd, &z, round_id, version, P, layout, 10.0);
+    msgs_make(&s, &hd, zero);
+    assert_int_equal(raw_push(&z, &s), FP_WIRE_PERMISSION_DENIED);
+    msgs_free(&s);
+
+    /* nothing above was aggregated; each was counted under its reason */
+    fp_coord_stats(cr.c, &st1);
+    assert_int_equal((int)(REJ(st1, MALFORMED) - REJ(st0, MALFORMED)), 2);
+    assert_int_equal((int)(REJ(st1, OVERSIZED) - REJ(st0, OVERSIZED)), 1);
+    assert_int_equal((int)(REJ(st1, SHAPE) - REJ(st0, SHAPE)), 2);
+    assert_int_equal((int)(REJ(st1, NON_FINITE) - REJ(st0, NON_FINITE)), 1);
+    assert_int_equal((int)(REJ(st1, DIGEST) - REJ(st0, DIGEST)), 1);
+    assert_int_equal((int)(REJ(st1, CLIP_BOUND) - REJ(st0, CLIP_BOUND)), 2);
+    assert_int_equal((int)(REJ(st1, STALE) - REJ(st0, STALE)), 2);
+    assert_int_equal((int)(REJ(st1, VERSION) - REJ(st0, VERSION)), 1);
+    assert_int_equal((int)(REJ(st1, UNKNOWN_IDENTITY) - REJ(st0, UNKNOWN_IDENTITY)), 1);
+    assert_int_equal((int)(REJ(st1, NOT_SELECTED) - REJ(st0, NOT_SELECTED)), 1);
+    assert_true(st1.accepted <= 1); /* at most p0's honest update */
+
+    /* h's valid update is taken; the same again is a duplicate */
+    upd_header(&hd, &h, round_id, version, P, layout, 10.0);
+    msgs_make(&s, &hd, zero);
+    assert_int_equal(raw_push(&h, &s), FP_WIRE_OK);
+    assert_int_equal(raw_push(&h, &s), FP_WIRE_ALREADY_EXISTS);
+    msgs_free(&s);
+    fp_coord_stats(cr.c, &st1);
+    assert_int_equal((int)(REJ(st1, DUPLICATE) - REJ(st0, DUPLICATE)), 1);
+    /* g completes the round (with p0) */
+    uint64_t r2, v2, l2;
+    size_t P2;
+    assert_true(raw_wait_train(&g, &r2, &v2, &P2, &l2));
+    upd_header(&hd, &g, r2, v2, P2, l2, 10.0);
+    msgs_make(&s, &hd, zero);
+    assert_int_equal(raw_push(&g, &s), FP_WIRE_OK);
+    msgs_free(&s);
+
+    pthread_join(p0.th, NULL);
+    if (p0.st != FP_OK)
+        print_error("p0: %s\n", p0.err);
+    assert_int_equal(p0.st, FP_OK);
+    coord_join(&cr);
+    assert_int_equal(cr.st, FP_OK);
+    fp_coord_stats(cr.c, &st1);
+    assert_int_equal((int)st1.committed, 1);
+    assert_int_equal((int)st1.accepted, 3);
+    /* the committed model is the initial one plus p0's update / 3 (h and g sent zeros), weights
+     * equal (all three declared bucket 5... p0's own bucket may differ: recompute) */
+    {
+        float *final = malloc(P * sizeof *final);
+        double *expect = malloc(P * sizeof *expect);
+        assert_true(final && expect);
+        size_t n = 0;
+        assert_int_equal(fp_coord_model(cr.c, final, P, &n), FP_OK);
+        captured_t *c0 = &p0.cap[round_id];
+        assert_true(c0->have);
+        double w0 = c0->bucket == 0 ? 1.0 : ldexp(1.0, (int)c0->bucket - 1), wz = ldexp(1.0, 4);
+        for (size_t i = 0; i < P; i++)
+            expect[i] = (double)c0->w_global[i] + w0 * c0->delta[i] / (w0 + 2 * wz);
+        assert_true(max_rel(final, expect, P) <= 1e-6);
+        free(final);
+        free(expect);
+    }
+
+    free(zero);
+    free(big);
+    raw_close(&h);
+    raw_close(&g);
+    raw_close(&z);
+    raw_close(&bogus);
+    fp_coord_destroy(cr.c);
+    fp_wire_creds_destroy(sc);
+    client_free(&p0);
+    rm_rf(ckpt);
+}
+
+/* ---- a selected client vanishes mid-round: the round completes after the deadline ---- */
+
+static void test_dropout_deadline(void **state)
+{
+    (void)state;
+    data_setup();
+    char ckpt[128];
+    mktmp(ckpt, sizeof ckpt, "ckpt");
+    fp_wire_creds_t *sc = NULL;
+    assert_int_equal(fp_wire_creds_insecure(&sc), FP_OK);
+    fp_coord_opts_t o;
+    coord_defaults(&o, ckpt);
+    o.creds = sc;
+    o.insecure = 1;
+    o.rounds = 1;
+    o.clients_per_round = 3;
+    o.min_clients = 3;  /* all three are members before round 1 starts */
+    o.min_updates = 2;  /* and two updates commit it */
+    o.round_timeout_s = 2.0;
+    o.member_timeout_s = 1.5;
+    coord_run_t cr;
+    coord_start(&cr, &o);
+    int port = fp_coord_port(cr.c);
+
+    raw_t k;
+    raw_open(&k, port);
+    raw_join(&k, "k");
+    client_t cl[2];
+    static const char *const names[2] = {"p0", "p1"}; /* join keeps the pointer */
+    for (int i = 0; i < 2; i++) {
+        client_init(&cl[i], i, port, NULL, names[i]);
+        client_start(&cl[i]);
+    }
+    uint64_t round_id, version, layout;
+    size_t P;
+    assert_true(raw_wait_train(&k, &round_id, &version, &P, &layout));
+    double t0 = fp_now();
+    raw_close(&k); /* k got its task and is never heard of again */
+    for (int i = 0; i < 2; i++) {
+        pthread_join(cl[i].th, NULL);
+        if (cl[i].st != FP_OK)
+            print_error("p%d: %s\n", i, cl[i].err);
+        assert_int_equal(cl[i].st, FP_OK);
+        assert_int_equal(cl[i].rep.rounds_trained, 1);
+    }
+    coord_join(&cr);
+    assert_int_equal(cr.st, FP_OK);
+    fp_coord_stats_t s;
+    fp_coord_stats(cr.c, &s);
+    assert_int_equal((int)s.committed, 1);
+    assert_int_equal((int)s.accepted, 2);
+    assert_int_equal((int)s.failed_rounds, 0);
+    assert_true(fp_now() - t0 >= 1.5); /* round 1 waited for its deadline */
+    fp_coord_destroy(cr.c);
+    fp_wire_creds_destroy(sc);
+    for (int i = 0; i < 2; i++)
+        client_free(&cl[i]);
+    rm_rf(ckpt);
+}
+
 static int teardown_all(void **state)
 {
     (void)state;
@@ -454,6 +868,8 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_mtls_fedavg),
+        cmocka_unit_test(test_hostile_updates),
+        cmocka_unit_test(test_dropout_deadline),
     };
     return cmocka_run_group_tests(tests, NULL, teardown_all);
 }
