@@ -18,7 +18,7 @@
 #include <stdlib.h>
 #include <string.h>
 
-#include "client/cli.h"
+#include "common/cli.h"
 #include "client/dpsgd.h"
 #include "common/data.h"
 #include "common/kernels.h"

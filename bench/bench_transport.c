@@ -45,7 +45,7 @@
 #include <openssl/ssl.h>
 #include <openssl/x509v3.h>
 
-#include "client/cli.h"
+#include "common/cli.h"
 #include "common/log.h"
 #include "common/params.h"
 #include "common/tensor_stream.h"

@@ -3,7 +3,8 @@
  *   eval       leave-one-out evaluation of a saved model on a data file
  *   embed      profile vectors for every user of a data file (.npy + ids beside)
  *   recommend  top-K items for one user
- *   synth      write the embedded default (synthetic) behaviour data set */
+ *   synth      write the embedded default (synthetic) behaviour data set
+ *   join       take part in a federation (client/join) */
 #include <inttypes.h>
 #include <json-c/json.h>
 #include <math.h>
@@ -13,7 +14,8 @@
 #include <sys/resource.h>
 #include <unistd.h>
 
-#include "client/cli.h"
+#include "common/cli.h"
+#include "client/join.h"
 #include "client/train.h"
 #include "common/config.h"
 #include "common/data.h"
@@ -620,6 +622,143 @@ static int cmd_synth(int argc, char **argv)
     return 0;
 }
 
+/* ---- join ---- */
+
+static int set_cfg_str(char *dst, const char *src, const char *flag)
+{
+    if (!src)
+        return 0;
+    size_t n = strlen(src);
+    if (n > FP_CONFIG_STR_MAX) {
+        fprintf(stderr, "fedprof-client join: error: --%s is longer than %d bytes\n", flag, FP_CONFIG_STR_MAX);
+        return -1;
+    }
+    memcpy(dst, src, n + 1);
+    return 0;
+}
+
+static int cmd_join(int argc, char **argv)
+{
+    const char *config = NULL, *server = NULL, *data = NULL, *format = NULL, *ca = NULL, *cert = NULL, *key = NULL,
+               *name = NULL, *out = NULL;
+    int help = 0, insecure = 0, quiet = 0, json = 0, threads = 0, no_eval = 0;
+    float give_up = -1;
+    fp_opt_t opts[] = {
+        {"server", FP_OPT_STR, &server, 0, 0, NULL, "coordinator HOST:PORT (client.server; required)"},
+        {"data", FP_OPT_STR, &data, 0, 0, NULL, "your behaviour log; item ids must be the federation's 1..N (required)"},
+        {"config", FP_OPT_STR, &config, 0, 0, NULL, "YAML config, its client: section (see configs/client.yaml)"},
+        {"format", FP_OPT_STR, &format, 0, 0, NULL, "auto | text | csv"},
+        {"ca", FP_OPT_STR, &ca, 0, 0, NULL, "the federation CA certificate (PEM)"},
+        {"cert", FP_OPT_STR, &cert, 0, 0, NULL, "your partner certificate (PEM); its CN is your identity"},
+        {"key", FP_OPT_STR, &key, 0, 0, NULL, "its private key (PEM)"},
+        {"insecure", FP_OPT_FLAG, &insecure, 0, 0, NULL, "plaintext to a loopback coordinator (tests, demos)"},
+        {"name", FP_OPT_STR, &name, 0, 0, NULL, "your identity with --insecure"},
+        {"out", FP_OPT_STR, &out, 0, 0, NULL, "where the final global model is written (client.out)"},
+        {"threads", FP_OPT_INT, &threads, 1, 256, NULL, "compute threads (default all cores)"},
+        {"give-up", FP_OPT_FLOAT, &give_up, 0, 1e9, NULL, "fail after this many seconds without progress (0: never)"},
+        {"no-eval", FP_OPT_FLAG, &no_eval, 0, 0, NULL, "do not evaluate the final model on your held-out items"},
+        {"json", FP_OPT_FLAG, &json, 0, 0, NULL, "end with one JSON line of results"},
+        {"quiet", FP_OPT_FLAG, &quiet, 0, 0, NULL, "warnings and errors only"},
+        {"help", FP_OPT_FLAG, &help, 0, 0, NULL, "this help"},
+        {NULL, 0, NULL, 0, 0, NULL, NULL},
+    };
+    int rc0 = cmd_begin("join", argc, argv, opts,
+                        "usage: fedprof-client join --server HOST:PORT --data FILE [--config configs/client.yaml]\n"
+                        "                           [--ca F --cert F --key F | --insecure --name NAME] [options]\n\n"
+                        "Takes part in a federation: waits for tasks, trains the shared encoder on your data,\n"
+                        "sends only the (clipped, noised when the federation asks) model update, and at the end\n"
+                        "saves the final global model to OUT/model.safetensors and evaluates it on your users.\n"
+                        "Your raw data never leaves this process.\n\n",
+                        "data");
+    if (rc0 >= 0)
+        return rc0;
+    fp_config_t cfg;
+    fp_config_defaults(&cfg);
+    if (config && fp_config_load(config, &cfg) != FP_OK)
+        return fail("join");
+    if (set_cfg_str(cfg.client.server, server, "server") || set_cfg_str(cfg.client.ca, ca, "ca") ||
+        set_cfg_str(cfg.client.cert, cert, "cert") || set_cfg_str(cfg.client.key, key, "key") ||
+        set_cfg_str(cfg.client.name, name, "name") || set_cfg_str(cfg.client.out, out, "out"))
+        return 2;
+    if (insecure)
+        cfg.client.insecure = 1;
+    if (give_up >= 0)
+        cfg.client.give_up_s = give_up;
+    if (!cfg.client.server[0]) {
+        fprintf(stderr, "fedprof-client join: error: --server (or client.server) is required\n");
+        return 2;
+    }
+    fp_data_format fmt = FP_FORMAT_AUTO;
+    if (parse_format(format, &fmt) != FP_OK)
+        return fail("join") + 1;
+    fp_wire_creds_t *creds = NULL;
+    if (cfg.client.insecure) {
+        if (cfg.client.ca[0] || cfg.client.cert[0] || cfg.client.key[0]) {
+            fprintf(stderr, "fedprof-client join: error: --insecure excludes --ca/--cert/--key\n");
+            return 2;
+        }
+        if (!cfg.client.name[0]) {
+            fprintf(stderr, "fedprof-client join: error: --insecure needs --name (your identity)\n");
+            return 2;
+        }
+        if (fp_wire_creds_insecure(&creds) != FP_OK)
+            return fail("join");
+    } else {
+        if (!cfg.client.ca[0] || !cfg.client.cert[0] || !cfg.client.key[0]) {
+            fprintf(stderr, "fedprof-client join: error: mutual TLS needs --ca, --cert and --key (from the "
+                            "federation's operator: scripts/make-certs.sh); --insecure only for a loopback coordinator\n");
+            return 2;
+        }
+        if (fp_wire_channel_creds_tls(cfg.client.ca, cfg.client.cert, cfg.client.key, NULL, &creds) != FP_OK)
+            return fail("join");
+    }
+    fp_log_set_quiet(quiet);
+    fp_dataset_t *d = NULL;
+    if (fp_data_load(data, fmt, &d) != FP_OK) {
+        fp_wire_creds_destroy(creds);
+        return fail("join");
+    }
+    fp_join_opts_t o;
+    fp_join_opts_defaults(&o);
+    o.server = cfg.client.server;
+    o.creds = creds;
+    o.insecure_name = cfg.client.insecure ? cfg.client.name : NULL;
+    o.data = d;
+    o.threads = resolve_threads(threads);
+    o.out_dir = cfg.client.out[0] ? cfg.client.out : NULL;
+    o.eval_final = !no_eval;
+    o.give_up_s = cfg.client.give_up_s;
+    o.quiet = quiet;
+    fp_join_report_t rep;
+    fp_status st = fp_join_run(&o, &rep);
+    int rc = st == FP_OK ? 0 : fail("join");
+    if (rc == 0 && !quiet)
+        fprintf(stderr, "joined as %s: %d rounds trained, %d updates accepted, %d refused, %d retries, %.1f s\n",
+                rep.identity, rep.rounds_trained, rep.updates_accepted, rep.updates_refused, rep.retries,
+                rep.seconds);
+    if (rc == 0 && json) {
+        json_object *j = json_object_new_object();
+        json_object_object_add(j, "identity", json_object_new_string(rep.identity));
+        json_object_object_add(j, "rounds_trained", json_object_new_int(rep.rounds_trained));
+        json_object_object_add(j, "updates_accepted", json_object_new_int(rep.updates_accepted));
+        json_object_object_add(j, "updates_refused", json_object_new_int(rep.updates_refused));
+        json_object_object_add(j, "retries", json_object_new_int(rep.retries));
+        json_object_object_add(j, "final_model_version", json_object_new_int64((int64_t)rep.final_version));
+        if (rep.evaluated)
+            add_eval_json(j, cfg.eval.k, &rep.final_eval, 0);
+        if (o.out_dir) {
+            char path[FP_CONFIG_STR_MAX + 32];
+            snprintf(path, sizeof path, "%s/model.safetensors", o.out_dir);
+            json_object_object_add(j, "model", json_object_new_string(path));
+        }
+        json_object_object_add(j, "seconds", json_object_new_double(rep.seconds));
+        print_json(j);
+    }
+    fp_dataset_free(d);
+    fp_wire_creds_destroy(creds);
+    return rc;
+}
+
 static void usage(void)
 {
     printf("usage: fedprof-client COMMAND [options]   (COMMAND --help for its options)\n\n"
@@ -628,7 +767,8 @@ static void usage(void)
            "  eval       evaluate a saved model (HR@K / NDCG@K, sampled and full catalogue)\n"
            "  embed      write a profile vector for every user (.npy)\n"
            "  recommend  top-K items for one user\n"
-           "  synth      write the synthetic default data set\n");
+           "  synth      write the synthetic default data set\n"
+           "  join       take part in a federation (fedprof-server) with your data\n");
 }
 
 int main(int argc, char **argv)
@@ -648,6 +788,8 @@ int main(int argc, char **argv)
         return cmd_recommend(argc - 2, argv + 2);
     if (!strcmp(cmd, "synth"))
         return cmd_synth(argc - 2, argv + 2);
+    if (!strcmp(cmd, "join"))
+        return cmd_join(argc - 2, argv + 2);
     fprintf(stderr, "fedprof-client: unknown command '%s'\n", cmd);
     usage();
     return 2;

@@ -29,13 +29,13 @@
 /* ------------------------------------------------------------------------------------------ */
 /* The table of keys                                                                           */
 
-typedef enum { CF_INT, CF_U64, CF_FLOAT, CF_BOOL, CF_LOSS, CF_FORMAT, CF_UNIT } cf_type;
+typedef enum { CF_INT, CF_U64, CF_FLOAT, CF_BOOL, CF_LOSS, CF_FORMAT, CF_UNIT, CF_FUNIT, CF_STR } cf_type;
 
 typedef struct {
     const char *section;
     const char *key;
     cf_type type;
-    size_t off;      /* offsetof in fp_config_t */
+    size_t off;      /* offsetof in fp_config_t (CF_STR: a char[FP_CONFIG_STR_MAX + 1]) */
     double lo, hi;   /* allowed range for CF_INT / CF_FLOAT */
     int lo_excl;     /* 1: lo itself is not allowed */
     int hi_excl;     /* 1: hi itself is not allowed */
@@ -75,17 +75,76 @@ static const cf_field g_fields[] = {
     F_("dp", "delta", CF_FLOAT, dp.delta, 0, 1, 1, 1),
     F_("dp", "target_epsilon", CF_FLOAT, dp.target_epsilon, 0, 1e6, 0, 0),
     F_("dp", "seed", CF_U64, dp.seed, 0, 0, 0, 0),
+    F_("server", "listen", CF_STR, server.listen, 0, 0, 0, 0),
+    F_("server", "checkpoint_dir", CF_STR, server.checkpoint_dir, 0, 0, 0, 0),
+    F_("server", "ca", CF_STR, server.ca, 0, 0, 0, 0),
+    F_("server", "cert", CF_STR, server.cert, 0, 0, 0, 0),
+    F_("server", "key", CF_STR, server.key, 0, 0, 0, 0),
+    F_("server", "insecure", CF_BOOL, server.insecure, 0, 0, 0, 0),
+    F_("server", "federation_id", CF_STR, server.federation_id, 0, 0, 0, 0),
+    F_("server", "n_items", CF_INT, server.n_items, 0, FP_DATA_MAX_ITEMS, 0, 0),
+    F_("server", "rounds", CF_INT, server.rounds, 1, 100000000, 0, 0),
+    F_("server", "clients_per_round", CF_INT, server.clients_per_round, 1, 100000, 0, 0),
+    F_("server", "min_clients", CF_INT, server.min_clients, 1, 100000, 0, 0),
+    F_("server", "min_updates", CF_INT, server.min_updates, 0, 100000, 0, 0), /* and <= clients_per_round */
+    F_("server", "over_selection", CF_FLOAT, server.over_selection, 1, 100, 0, 0),
+    F_("server", "round_timeout_s", CF_FLOAT, server.round_timeout_s, 0, 1e7, 1, 0),
+    F_("server", "member_timeout_s", CF_FLOAT, server.member_timeout_s, 0, 1e7, 1, 0),
+    F_("server", "uniform_weights", CF_BOOL, server.uniform_weights, 0, 0, 0, 0),
+    F_("server", "strategy", CF_STR, server.strategy, 0, 0, 0, 0), /* one of g_strategy_names */
+    F_("server", "server_lr", CF_FLOAT, server.server_lr, 0, 1e6, 0, 0),
+    F_("server", "momentum", CF_FLOAT, server.momentum, 0, 1, 0, 1),
+    F_("server", "beta1", CF_FLOAT, server.beta1, 0, 1, 0, 1),
+    F_("server", "beta2", CF_FLOAT, server.beta2, 0, 1, 0, 1),
+    F_("server", "tau", CF_FLOAT, server.tau, 1e-18, 1e18, 0, 0),
+    F_("server", "trim_fraction", CF_FLOAT, server.trim_fraction, 0, 0.5, 0, 1),
+    F_("server", "init_seed", CF_U64, server.init_seed, 0, 0, 0, 0),
+    F_("server", "select_seed", CF_U64, server.select_seed, 0, 0, 0, 0),
+    F_("federation", "local_epochs", CF_INT, federation.local_epochs, 1, 1000000, 0, 0),
+    F_("federation", "max_steps", CF_INT, federation.max_steps, 0, INT_MAX, 0, 0),
+    F_("federation", "fedprox_mu", CF_FLOAT, federation.fedprox_mu, 0, 1e6, 0, 0),
+    F_("federation", "unit", CF_FUNIT, federation.unit, 0, 0, 0, 0),
+    F_("federation", "clip", CF_FLOAT, federation.clip, 0, FLT_MAX, 0, 0),
+    F_("federation", "noise_multiplier", CF_FLOAT, federation.noise_multiplier, 0, 1e4, 0, 0),
+    F_("federation", "delta", CF_FLOAT, federation.delta, 0, 1, 1, 1),
+    F_("client", "server", CF_STR, client.server, 0, 0, 0, 0),
+    F_("client", "ca", CF_STR, client.ca, 0, 0, 0, 0),
+    F_("client", "cert", CF_STR, client.cert, 0, 0, 0, 0),
+    F_("client", "key", CF_STR, client.key, 0, 0, 0, 0),
+    F_("client", "insecure", CF_BOOL, client.insecure, 0, 0, 0, 0),
+    F_("client", "name", CF_STR, client.name, 0, 0, 0, 0),
+    F_("client", "out", CF_STR, client.out, 0, 0, 0, 0),
+    F_("client", "ledger_dir", CF_STR, client.ledger_dir, 0, 0, 0, 0),
+    F_("client", "budget_epsilon", CF_FLOAT, client.budget_epsilon, 0, 1e6, 0, 0),
+    F_("client", "give_up_s", CF_FLOAT, client.give_up_s, 0, 1e9, 0, 0),
 };
 #undef F_
 
 #define N_FIELDS (sizeof g_fields / sizeof g_fields[0])
 
-static const char *const g_sections[] = {"model", "train", "eval", "data", "dp"};
+/* travels = 0: the section holds this machine's settings (local file paths, addresses, keys).
+ * It is read from YAML only: never written to JSON, and refused in JSON, so that a config that
+ * came from elsewhere (a checkpoint, the coordinator) cannot point us at local files. */
+typedef struct {
+    const char *name;
+    int travels;
+} cf_section;
+
+static const cf_section g_sections[] = {
+    {"model", 1}, {"train", 1}, {"eval", 1}, {"data", 1}, {"dp", 1}, {"federation", 1}, {"server", 0}, {"client", 0},
+};
 #define N_SECTIONS (sizeof g_sections / sizeof g_sections[0])
+#define SECTION_LIST "model, train, eval, data, dp, federation, server or client"
 
 static const char *const g_loss_names[] = {"bce", "sampled_softmax"};         /* by fp_loss_kind */
 static const char *const g_format_names[] = {"auto", "text", "csv"};          /* by fp_data_format */
 static const char *const g_unit_names[] = {"none", "record"};                 /* by fp_dp_unit */
+static const char *const g_funit_names[] = {"none", "record", "client"};      /* by fp_fed_unit */
+/* server.strategy: the names server/strategy.c maps (checked here so that a typo is reported
+ * with its file and line). */
+static const char *const g_strategy_names[] = {"fedavg", "fedavgm", "fedadagrad", "fedadam",
+                                               "fedyogi", "median", "trimmed_mean"};
+#define STRATEGY_LIST "fedavg, fedavgm, fedadagrad, fedadam, fedyogi, median or trimmed_mean"
 
 /* The names of an enum-typed field's values (index = value) and their count. */
 static const char *const *enum_names(cf_type t, int *count)
@@ -97,6 +156,9 @@ static const char *const *enum_names(cf_type t, int *count)
     case CF_FORMAT:
         *count = 3;
         return g_format_names;
+    case CF_FUNIT:
+        *count = 3;
+        return g_funit_names;
     default:
         *count = 2;
         return g_unit_names;
@@ -115,7 +177,7 @@ static int field_index(const char *section, const char *key, size_t key_len)
 static int section_index(const char *name, size_t len)
 {
     for (size_t i = 0; i < N_SECTIONS; i++)
-        if (strlen(g_sections[i]) == len && memcmp(g_sections[i], name, len) == 0)
+        if (strlen(g_sections[i].name) == len && memcmp(g_sections[i].name, name, len) == 0)
             return (int)i;
     return -1;
 }
@@ -132,19 +194,54 @@ static float f_get_float(const fp_config_t *c, const cf_field *f)
 {
     return *(const float *)(const void *)((const char *)c + f->off);
 }
+static char *f_str(fp_config_t *c, const cf_field *f) { return (char *)c + f->off; }
+static const char *f_get_str(const fp_config_t *c, const cf_field *f) { return (const char *)c + f->off; }
 /* Enums are stored through their own types, never through an int pointer. */
 static int f_get_enum(const fp_config_t *c, const cf_field *f)
 {
-    return f->type == CF_LOSS ? (int)c->model.loss : f->type == CF_FORMAT ? (int)c->data.format : (int)c->dp.unit;
+    switch (f->type) {
+    case CF_LOSS:
+        return (int)c->model.loss;
+    case CF_FORMAT:
+        return (int)c->data.format;
+    case CF_FUNIT:
+        return (int)c->federation.unit;
+    default:
+        return (int)c->dp.unit;
+    }
 }
 static void f_set_enum(fp_config_t *c, const cf_field *f, int v)
 {
-    if (f->type == CF_LOSS)
+    switch (f->type) {
+    case CF_LOSS:
         c->model.loss = (fp_loss_kind)v;
-    else if (f->type == CF_FORMAT)
+        break;
+    case CF_FORMAT:
         c->data.format = (fp_data_format)v;
-    else
+        break;
+    case CF_FUNIT:
+        c->federation.unit = (fp_fed_unit)v;
+        break;
+    default:
         c->dp.unit = (fp_dp_unit)v;
+        break;
+    }
+}
+
+/* A printable, bounded copy of untrusted text for messages. */
+static const char *printable(const char *s, size_t len, char *buf, size_t n)
+{
+    size_t at = 0, i = 0;
+    for (; i < len && at + 4 < n && i < 40; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        buf[at++] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
+    }
+    if (i < len && at + 3 < n) {
+        memcpy(buf + at, "...", 3);
+        at += 3;
+    }
+    buf[at] = '\0';
+    return buf;
 }
 
 /* ------------------------------------------------------------------------------------------ */
@@ -184,6 +281,39 @@ void fp_config_defaults(fp_config_t *c)
     c->dp.delta = 1e-5f;
     c->dp.target_epsilon = 0.0f;
     c->dp.seed = 0;
+    snprintf(c->server.listen, sizeof c->server.listen, "%s", "0.0.0.0:7070");
+    snprintf(c->server.checkpoint_dir, sizeof c->server.checkpoint_dir, "%s", "runs/federation");
+    snprintf(c->server.federation_id, sizeof c->server.federation_id, "%s", "fedprof");
+    c->server.insecure = 0;
+    c->server.n_items = 0; /* required by fedprof-server, so no default */
+    c->server.rounds = 10;
+    c->server.clients_per_round = 2;
+    c->server.min_clients = 2;
+    c->server.min_updates = 0;
+    c->server.over_selection = 1.0f;
+    c->server.round_timeout_s = 600.0f;
+    c->server.member_timeout_s = 60.0f;
+    c->server.uniform_weights = 0;
+    snprintf(c->server.strategy, sizeof c->server.strategy, "%s", "fedavg");
+    c->server.server_lr = 0.0f;
+    c->server.momentum = 0.9f;
+    c->server.beta1 = 0.9f;
+    c->server.beta2 = 0.99f;
+    c->server.tau = 1e-3f;
+    c->server.trim_fraction = 0.1f;
+    c->server.init_seed = 42;
+    c->server.select_seed = 0;
+    c->federation.local_epochs = 1;
+    c->federation.max_steps = 0;
+    c->federation.fedprox_mu = 0.0f;
+    c->federation.unit = FP_FED_UNIT_NONE;
+    c->federation.clip = 0.0f;
+    c->federation.noise_multiplier = 1.0f;
+    c->federation.delta = 1e-5f;
+    snprintf(c->client.out, sizeof c->client.out, "%s", "runs/joined");
+    c->client.insecure = 0;
+    c->client.budget_epsilon = 0.0f;
+    c->client.give_up_s = 0.0f; /* the other client strings stay "" */
 }
 
 static void range_text(const cf_field *f, char *buf, size_t n)
@@ -196,6 +326,39 @@ static void range_text(const cf_field *f, char *buf, size_t n)
         snprintf(buf, n, "must be in [%.0f, %.0f]", f->lo, f->hi);
     else
         snprintf(buf, n, "must be in %s%g, %g%s", f->lo_excl ? "(" : "[", f->lo, f->hi, f->hi_excl ? ")" : "]");
+}
+
+static int strategy_known(const char *s)
+{
+    for (size_t k = 0; k < sizeof g_strategy_names / sizeof g_strategy_names[0]; k++)
+        if (strcmp(s, g_strategy_names[k]) == 0)
+            return 1;
+    return 0;
+}
+
+/* A string field: terminated within its array, no control characters, a known strategy name. */
+static int str_ok(const fp_config_t *c, const cf_field *f, char *why, size_t n)
+{
+    const char *s = f_get_str(c, f);
+    const char *end = memchr(s, '\0', FP_CONFIG_STR_MAX + 1);
+    if (!end) {
+        snprintf(why, n, "longer than %d bytes or not terminated", FP_CONFIG_STR_MAX);
+        return 0;
+    }
+    size_t len = (size_t)(end - s);
+    for (size_t i = 0; i < len; i++) {
+        unsigned char ch = (unsigned char)s[i];
+        if (ch < 0x20 || ch == 0x7f) {
+            snprintf(why, n, "control character 0x%02x at byte %zu (strings are one line of text)", ch, i);
+            return 0;
+        }
+    }
+    if (f->off == offsetof(fp_config_t, server.strategy) && !strategy_known(s)) {
+        char pb[64];
+        snprintf(why, n, "expected %s, got '%s'", STRATEGY_LIST, printable(s, len, pb, sizeof pb));
+        return 0;
+    }
+    return 1;
 }
 
 /* Check field i of c; on failure write the reason into why and return 0. */
@@ -213,6 +376,10 @@ static int field_ok(const fp_config_t *c, size_t i, char *why, size_t n)
         }
         if (f->off == offsetof(fp_config_t, model.heads) && c->model.dim > 0 && c->model.dim % v != 0) {
             snprintf(why, n, "%d does not divide model.dim = %d", v, c->model.dim);
+            return 0;
+        }
+        if (f->off == offsetof(fp_config_t, server.min_updates) && v > c->server.clients_per_round) {
+            snprintf(why, n, "must be in [0, server.clients_per_round = %d], got %d", c->server.clients_per_round, v);
             return 0;
         }
         return 1;
@@ -236,7 +403,8 @@ static int field_ok(const fp_config_t *c, size_t i, char *why, size_t n)
     }
     case CF_LOSS:
     case CF_FORMAT:
-    case CF_UNIT: {
+    case CF_UNIT:
+    case CF_FUNIT: {
         int v = f_get_enum(c, f), count;
         (void)enum_names(f->type, &count);
         if (v < 0 || v >= count) {
@@ -245,6 +413,8 @@ static int field_ok(const fp_config_t *c, size_t i, char *why, size_t n)
         }
         return 1;
     }
+    case CF_STR:
+        return str_ok(c, f, why, n);
     case CF_U64:
         return 1;
     }
@@ -255,7 +425,7 @@ static int field_ok(const fp_config_t *c, size_t i, char *why, size_t n)
  * document called name. */
 static fp_status validate_fields(const fp_config_t *c, const char *name, const int *lines)
 {
-    char why[160];
+    char why[256];
     if (c->model.n_items < 0)
         return FP_FAIL(FP_ERR_RANGE, "%s: model.n_items must be >= 0, got %d", name ? name : "config",
                        c->model.n_items);
@@ -279,22 +449,6 @@ fp_status fp_config_validate(const fp_config_t *c)
 
 /* ------------------------------------------------------------------------------------------ */
 /* Scalars (YAML 1.2 core schema)                                                              */
-
-/* A printable, bounded copy of untrusted text for messages. */
-static const char *printable(const char *s, size_t len, char *buf, size_t n)
-{
-    size_t at = 0, i = 0;
-    for (; i < len && at + 4 < n && i < 40; i++) {
-        unsigned char ch = (unsigned char)s[i];
-        buf[at++] = (ch >= 0x20 && ch < 0x7f) ? (char)ch : '?';
-    }
-    if (i < len && at + 3 < n) {
-        memcpy(buf + at, "...", 3);
-        at += 3;
-    }
-    buf[at] = '\0';
-    return buf;
-}
 
 static int is_null_text(const char *s, size_t n)
 {
@@ -528,6 +682,10 @@ static const char *type_name(cf_type t)
         return "auto, text or csv";
     case CF_UNIT:
         return "none or record";
+    case CF_FUNIT:
+        return "none, record or client";
+    case CF_STR:
+        return "a string";
     }
     return "?";
 }
@@ -576,6 +734,62 @@ static fp_status parse_int_text(cf_ctx *x, const cf_field *f, int line, const ch
     return FP_OK;
 }
 
+/* A string value: any scalar's text, so `listen: 7070` is "7070" and `ca:` or `ca: ~` is "".
+ * A quoted scalar with escapes is decoded here, not by libfyaml (see scalar_text): '' in single
+ * quotes, and \\ \" \/ in double quotes; other escapes and line breaks inside quotes are
+ * refused (they could only yield control characters, or text better written as itself). */
+static fp_status set_str(cf_ctx *x, const cf_field *f, struct fy_node *v, int line, const char *what)
+{
+    if (!v || is_null_node(v)) {
+        if (f->off == offsetof(fp_config_t, server.strategy))
+            return FP_FAIL(FP_ERR_INVALID, "%s:%d: %s: expected %s, got null", x->name, line, what, STRATEGY_LIST);
+        f_str(&x->cfg, f)[0] = '\0';
+        return FP_OK;
+    }
+    if (fy_node_get_type(v) != FYNT_SCALAR)
+        return FP_FAIL(FP_ERR_INVALID, "%s:%d: %s: expected a string, got %s", x->name, line, what, node_kind(v));
+    size_t n = 0;
+    int escaped;
+    const char *s = scalar_text(x, v, &n, &escaped);
+    if (!s)
+        return FP_FAIL(FP_ERR_INVALID, "%s:%d: %s: unreadable value", x->name, line, what);
+    char out[FP_CONFIG_STR_MAX + 1];
+    size_t len = 0;
+    int dq = fy_node_get_style(v) == FYNS_DOUBLE_QUOTED;
+    for (size_t i = 0; i < n; i++) {
+        char ch = s[i];
+        if (escaped && (ch == '\n' || ch == '\r'))
+            return FP_FAIL(FP_ERR_INVALID, "%s:%d: %s: a quoted string must be on one line", x->name, line, what);
+        if (escaped && !dq && ch == '\'' && i + 1 < n && s[i + 1] == '\'')
+            i++; /* '' is one quote */
+        else if (escaped && dq && ch == '\\') {
+            char e = i + 1 < n ? s[i + 1] : '\0';
+            if (e != '\\' && e != '"' && e != '/')
+                return FP_FAIL(FP_ERR_INVALID,
+                               "%s:%d: %s: escape '\\%c' is not supported in strings (only \\\\, \\\" and \\/)",
+                               x->name, line, what, (e >= 0x20 && e < 0x7f) ? e : '?');
+            ch = e;
+            i++;
+        }
+        unsigned char u = (unsigned char)ch;
+        if (u < 0x20 || u == 0x7f)
+            return FP_FAIL(FP_ERR_INVALID, "%s:%d: %s: control character 0x%02x in a string (strings are one line "
+                           "of text)", x->name, line, what, u);
+        if (len == FP_CONFIG_STR_MAX)
+            return FP_FAIL(FP_ERR_RANGE, "%s:%d: %s: string too long (more than %d bytes)", x->name, line, what,
+                           FP_CONFIG_STR_MAX);
+        out[len++] = ch;
+    }
+    out[len] = '\0';
+    char pb[64];
+    if (f->off == offsetof(fp_config_t, server.strategy) && !strategy_known(out))
+        return FP_FAIL(FP_ERR_INVALID, "%s:%d: %s: expected %s, got '%s'", x->name, line, what, STRATEGY_LIST,
+                       printable(out, len, pb, sizeof pb));
+    char *dst = f_str(&x->cfg, f);
+    memcpy(dst, out, len + 1);
+    return FP_OK;
+}
+
 static fp_status set_field(cf_ctx *x, size_t fi, struct fy_node *v, int line)
 {
     const cf_field *f = &g_fields[fi];
@@ -584,6 +798,8 @@ static fp_status set_field(cf_ctx *x, size_t fi, struct fy_node *v, int line)
     fp_status st = check_plain_node(x, v, line, what);
     if (st != FP_OK)
         return st;
+    if (f->type == CF_STR)
+        return set_str(x, f, v, line, what);
     if (!v || fy_node_get_type(v) != FYNT_SCALAR || is_null_node(v))
         return FP_FAIL(FP_ERR_INVALID, "%s:%d: %s: expected %s, got %s", x->name, line, what, type_name(f->type),
                        node_kind(v));
@@ -649,7 +865,8 @@ static fp_status set_field(cf_ctx *x, size_t fi, struct fy_node *v, int line)
     }
     case CF_LOSS:
     case CF_FORMAT:
-    case CF_UNIT: {
+    case CF_UNIT:
+    case CF_FUNIT: {
         int count;
         const char *const *names = enum_names(f->type, &count);
         for (int k = 0; k < count; k++)
@@ -660,6 +877,8 @@ static fp_status set_field(cf_ctx *x, size_t fi, struct fy_node *v, int line)
         return FP_FAIL(FP_ERR_INVALID, "%s:%d: %s: expected %s, got '%s'", x->name, line, what, type_name(f->type),
                        printable(s, n, pb, sizeof pb));
     }
+    case CF_STR:
+        break; /* handled above */
     }
     return FP_FAIL(FP_ERR_INTERNAL, "config field type");
 }
@@ -690,7 +909,7 @@ static fp_status pair_key(cf_ctx *x, struct fy_node_pair *p, int parent_line, co
 
 static fp_status walk_section(cf_ctx *x, int sec, struct fy_node *map, int sec_line)
 {
-    const char *sname = g_sections[sec];
+    const char *sname = g_sections[sec].name;
     void *it = NULL;
     struct fy_node_pair *p;
     while ((p = fy_node_mapping_iterate(map, &it)) != NULL) {
@@ -723,8 +942,8 @@ static fp_status walk_root(cf_ctx *x, struct fy_node *root)
     if (st != FP_OK)
         return st;
     if (fy_node_get_type(root) != FYNT_MAPPING)
-        return FP_FAIL(FP_ERR_INVALID, "%s:%d: the top level must be a mapping of sections (model, train, eval, "
-                       "data, dp), got %s", x->name, node_line(root) ? node_line(root) : 1, node_kind(root));
+        return FP_FAIL(FP_ERR_INVALID, "%s:%d: the top level must be a mapping of sections (" SECTION_LIST
+                       "), got %s", x->name, node_line(root) ? node_line(root) : 1, node_kind(root));
     void *it = NULL;
     struct fy_node_pair *p;
     while ((p = fy_node_mapping_iterate(root, &it)) != NULL) {
@@ -736,20 +955,20 @@ static fp_status walk_root(cf_ctx *x, struct fy_node *root)
         int sec = section_index(key, klen);
         char pb[64];
         if (sec < 0)
-            return FP_FAIL(FP_ERR_INVALID, "%s:%d: unknown section '%s' (expected model, train, eval, data or dp)",
-                           x->name, line, printable(key, klen, pb, sizeof pb));
+            return FP_FAIL(FP_ERR_INVALID, "%s:%d: unknown section '%s' (expected " SECTION_LIST ")", x->name, line,
+                           printable(key, klen, pb, sizeof pb));
         if (x->section_lines[sec] > 0)
             return FP_FAIL(FP_ERR_INVALID, "%s:%d: duplicate key '%s' (first on line %d)", x->name, line,
-                           g_sections[sec], x->section_lines[sec]);
+                           g_sections[sec].name, x->section_lines[sec]);
         x->section_lines[sec] = line > 0 ? line : 1;
         struct fy_node *v = fy_node_pair_value(p);
-        if ((st = check_plain_node(x, v, line, g_sections[sec])) != FP_OK)
+        if ((st = check_plain_node(x, v, line, g_sections[sec].name)) != FP_OK)
             return st;
         if (is_null_node(v))
             continue; /* "model:" with every key commented out */
         if (fy_node_get_type(v) != FYNT_MAPPING)
             return FP_FAIL(FP_ERR_INVALID, "%s:%d: %s: expected a mapping of keys, got %s", x->name, line,
-                           g_sections[sec], node_kind(v));
+                           g_sections[sec].name, node_kind(v));
         if ((st = walk_section(x, sec, v, line)) != FP_OK)
             return st;
     }
@@ -935,11 +1154,12 @@ static int add(json_object *o, const char *key, json_object *v)
     return 0;
 }
 
-static int dp_is_default(const fp_config_t *c, const fp_config_t *d)
+/* 1 when every field of the section holds the same value in c and d. */
+static int section_is_default(const fp_config_t *c, const fp_config_t *d, const char *section)
 {
     for (size_t i = 0; i < N_FIELDS; i++) {
         const cf_field *f = &g_fields[i];
-        if (strcmp(f->section, "dp") != 0)
+        if (strcmp(f->section, section) != 0)
             continue;
         int same;
         switch (f->type) {
@@ -954,7 +1174,11 @@ static int dp_is_default(const fp_config_t *c, const fp_config_t *d)
         case CF_LOSS:
         case CF_FORMAT:
         case CF_UNIT:
+        case CF_FUNIT:
             same = f_get_enum(c, f) == f_get_enum(d, f);
+            break;
+        case CF_STR:
+            same = strncmp(f_get_str(c, f), f_get_str(d, f), FP_CONFIG_STR_MAX + 1) == 0;
             break;
         default:
             same = f_get_int(c, f) == f_get_int(d, f);
@@ -971,9 +1195,11 @@ fp_status fp_config_to_json(const fp_config_t *c, char **out)
     if (!c || !out)
         return FP_FAIL(FP_ERR_INVALID, "fp_config_to_json: NULL argument");
     *out = NULL;
-    for (size_t i = 0; i < N_FIELDS; i++)
-        if (g_fields[i].type == CF_FLOAT && !isfinite(f_get_float(c, &g_fields[i])))
+    for (size_t i = 0; i < N_FIELDS; i++) {
+        int sec = section_index(g_fields[i].section, strlen(g_fields[i].section));
+        if (g_sections[sec].travels && g_fields[i].type == CF_FLOAT && !isfinite(f_get_float(c, &g_fields[i])))
             return FP_FAIL(FP_ERR_RANGE, "config: %s.%s is not finite", g_fields[i].section, g_fields[i].key);
+    }
     json_object *root = json_object_new_object();
     if (!root)
         return FP_FAIL(FP_ERR_NOMEM, "config JSON");
@@ -981,18 +1207,22 @@ fp_status fp_config_to_json(const fp_config_t *c, char **out)
     fp_config_t defaults;
     fp_config_defaults(&defaults);
     for (size_t s = 0; s < N_SECTIONS && st == FP_OK; s++) {
-        /* dp: left out while it holds the defaults (no DP), so that files written without DP stay
-         * what they were before the section existed, and readable by builds that predate it */
-        if (strcmp(g_sections[s], "dp") == 0 && dp_is_default(c, &defaults))
+        const char *sname = g_sections[s].name;
+        if (!g_sections[s].travels)
+            continue; /* server, client: this machine's own paths and addresses */
+        /* dp and federation: left out while they hold the defaults (no DP; centralised training),
+         * so that such files stay what they were before the sections existed, and readable by
+         * builds that predate them */
+        if ((strcmp(sname, "dp") == 0 || strcmp(sname, "federation") == 0) && section_is_default(c, &defaults, sname))
             continue;
         json_object *sec = json_object_new_object();
-        if (add(root, g_sections[s], sec) != 0) {
+        if (add(root, sname, sec) != 0) {
             st = FP_FAIL(FP_ERR_NOMEM, "config JSON");
             break;
         }
         for (size_t i = 0; i < N_FIELDS; i++) {
             const cf_field *f = &g_fields[i];
-            if (strcmp(f->section, g_sections[s]) != 0)
+            if (strcmp(f->section, sname) != 0)
                 continue;
             json_object *v = NULL;
             switch (f->type) {
@@ -1008,9 +1238,14 @@ fp_status fp_config_to_json(const fp_config_t *c, char **out)
             case CF_BOOL:
                 v = json_object_new_boolean(f_get_int(c, f) != 0);
                 break;
+            case CF_STR: /* no travelling section has one yet */
+                v = json_object_new_string_len(f_get_str(c, f),
+                                               (int)strnlen(f_get_str(c, f), FP_CONFIG_STR_MAX));
+                break;
             case CF_LOSS:
             case CF_FORMAT:
-            case CF_UNIT: {
+            case CF_UNIT:
+            case CF_FUNIT: {
                 int e = f_get_enum(c, f), count;
                 const char *const *names = enum_names(f->type, &count);
                 if (e < 0 || e >= count) {
@@ -1072,9 +1307,24 @@ static fp_status json_field(fp_config_t *c, const cf_field *f, json_object *v)
             break;
         *f_int(c, f) = json_object_get_boolean(v) ? 1 : 0;
         return FP_OK;
+    case CF_STR: { /* no travelling section has one yet; checked by validate_fields */
+        if (!json_object_is_type(v, json_type_string))
+            break;
+        int n = json_object_get_string_len(v);
+        if (n < 0 || n > FP_CONFIG_STR_MAX)
+            return FP_FAIL(FP_ERR_RANGE, "config JSON: %s.%s: string too long (more than %d bytes)", f->section,
+                           f->key, FP_CONFIG_STR_MAX);
+        const char *s = json_object_get_string(v);
+        if (memchr(s, '\0', (size_t)n))
+            return FP_FAIL(FP_ERR_INVALID, "config JSON: %s.%s: NUL in a string", f->section, f->key);
+        memcpy(f_str(c, f), s, (size_t)n);
+        f_str(c, f)[n] = '\0';
+        return FP_OK;
+    }
     case CF_LOSS:
     case CF_FORMAT:
-    case CF_UNIT: {
+    case CF_UNIT:
+    case CF_FUNIT: {
         if (!json_object_is_type(v, json_type_string))
             break;
         const char *s = json_object_get_string(v);
@@ -1128,19 +1378,22 @@ fp_status fp_config_from_json(const char *json, fp_config_t *c)
     json_object_object_foreach(root, sk, sv)
     {
         int sec = section_index(sk, strlen(sk));
-        if (sec < 0) {
-            st = FP_FAIL(FP_ERR_INVALID, "config JSON: unknown section '%s'", printable(sk, strlen(sk), pb, sizeof pb));
+        if (sec < 0 || !g_sections[sec].travels) { /* server, client: never set from elsewhere */
+            st = FP_FAIL(FP_ERR_INVALID, "config JSON: unknown section '%s'%s",
+                         printable(sk, strlen(sk), pb, sizeof pb),
+                         sec >= 0 ? " (local settings are read only from this machine's YAML)" : "");
             goto done;
         }
+        const char *sname = g_sections[sec].name;
         if (!json_object_is_type(sv, json_type_object)) {
-            st = FP_FAIL(FP_ERR_INVALID, "config JSON: %s: expected an object", g_sections[sec]);
+            st = FP_FAIL(FP_ERR_INVALID, "config JSON: %s: expected an object", sname);
             goto done;
         }
         json_object_object_foreach(sv, k, v)
         {
-            int fi = field_index(g_sections[sec], k, strlen(k));
+            int fi = field_index(sname, k, strlen(k));
             if (fi < 0) {
-                st = FP_FAIL(FP_ERR_INVALID, "config JSON: unknown key '%s.%s'", g_sections[sec],
+                st = FP_FAIL(FP_ERR_INVALID, "config JSON: unknown key '%s.%s'", sname,
                              printable(k, strlen(k), pb, sizeof pb));
                 goto done;
             }

@@ -1,5 +1,7 @@
 /* test_config: defaults, the shipped configs, overrides, every kind of error (each message must
  * name the line and the key), JSON round trips, and mutated inputs that must never crash. */
+#include <float.h>
+#include <limits.h>
 #include <math.h>
 #include <setjmp.h>
 #include <stdarg.h>
@@ -19,11 +21,42 @@
 #endif
 
 static int feq(float a, float b) { return memcmp(&a, &b, sizeof a) == 0; }
+static int seq(const char *a, const char *b) { return strncmp(a, b, FP_CONFIG_STR_MAX + 1) == 0; }
 
-/* Field-by-field equality (no memcmp over padding). */
-static int cfg_equal(const fp_config_t *a, const fp_config_t *b)
+/* Same value of one member in a and b: strings (SS_), floats by bits (SF_), the rest (SI_). */
+#define SS_(m) seq(a->m, b->m)
+#define SF_(m) feq(a->m, b->m)
+#define SI_(m) (a->m == b->m)
+
+static int server_equal(const fp_config_t *a, const fp_config_t *b)
 {
-    return a->model.n_items == b->model.n_items && a->model.dim == b->model.dim &&
+    return SS_(server.listen) && SS_(server.checkpoint_dir) && SS_(server.ca) && SS_(server.cert) &&
+           SS_(server.key) && SI_(server.insecure) && SS_(server.federation_id) && SI_(server.n_items) &&
+           SI_(server.rounds) && SI_(server.clients_per_round) && SI_(server.min_clients) &&
+           SI_(server.min_updates) && SF_(server.over_selection) && SF_(server.round_timeout_s) &&
+           SF_(server.member_timeout_s) && SI_(server.uniform_weights) && SS_(server.strategy) &&
+           SF_(server.server_lr) && SF_(server.momentum) && SF_(server.beta1) && SF_(server.beta2) &&
+           SF_(server.tau) && SF_(server.trim_fraction) && SI_(server.init_seed) && SI_(server.select_seed);
+}
+
+static int federation_equal(const fp_config_t *a, const fp_config_t *b)
+{
+    return SI_(federation.local_epochs) && SI_(federation.max_steps) && SF_(federation.fedprox_mu) &&
+           SI_(federation.unit) && SF_(federation.clip) && SF_(federation.noise_multiplier) &&
+           SF_(federation.delta);
+}
+
+static int client_equal(const fp_config_t *a, const fp_config_t *b)
+{
+    return SS_(client.server) && SS_(client.ca) && SS_(client.cert) && SS_(client.key) && SI_(client.insecure) &&
+           SS_(client.name) && SS_(client.out) && SS_(client.ledger_dir) && SF_(client.budget_epsilon) &&
+           SF_(client.give_up_s);
+}
+
+/* The sections that travel in JSON (model, train, eval, data, dp, federation). */
+static int travel_equal(const fp_config_t *a, const fp_config_t *b)
+{
+    return federation_equal(a, b) && a->model.n_items == b->model.n_items && a->model.dim == b->model.dim &&
            a->model.blocks == b->model.blocks && a->model.heads == b->model.heads &&
            a->model.maxlen == b->model.maxlen && feq(a->model.dropout, b->model.dropout) &&
            a->model.loss == b->model.loss && a->model.n_neg == b->model.n_neg &&
@@ -37,7 +70,13 @@ static int cfg_equal(const fp_config_t *a, const fp_config_t *b)
            a->data.format == b->data.format && a->dp.unit == b->dp.unit &&
            feq(a->dp.noise_multiplier, b->dp.noise_multiplier) && feq(a->dp.clip, b->dp.clip) &&
            feq(a->dp.delta, b->dp.delta) && feq(a->dp.target_epsilon, b->dp.target_epsilon) &&
-           a->dp.seed == b->dp.seed;
+           a->dp.seed == b->dp.seed && feq(a->model.attn_dropout, b->model.attn_dropout);
+}
+
+/* Field-by-field equality (no memcmp over padding). */
+static int cfg_equal(const fp_config_t *a, const fp_config_t *b)
+{
+    return travel_equal(a, b) && server_equal(a, b) && client_equal(a, b);
 }
 
 static fp_status load(const char *yaml, fp_config_t *c)
@@ -81,6 +120,48 @@ static void test_defaults(void **state)
     assert_true(c.dp.delta == 1e-5f);
     assert_true(c.dp.target_epsilon == 0.0f);
     assert_true(c.dp.seed == 0);
+    assert_string_equal(c.server.listen, "0.0.0.0:7070");
+    assert_string_equal(c.server.checkpoint_dir, "runs/federation");
+    assert_string_equal(c.server.ca, "");
+    assert_string_equal(c.server.cert, "");
+    assert_string_equal(c.server.key, "");
+    assert_int_equal(c.server.insecure, 0);
+    assert_string_equal(c.server.federation_id, "fedprof");
+    assert_int_equal(c.server.n_items, 0);
+    assert_int_equal(c.server.rounds, 10);
+    assert_int_equal(c.server.clients_per_round, 2);
+    assert_int_equal(c.server.min_clients, 2);
+    assert_int_equal(c.server.min_updates, 0);
+    assert_true(c.server.over_selection == 1.0f);
+    assert_true(c.server.round_timeout_s == 600.0f);
+    assert_true(c.server.member_timeout_s == 60.0f);
+    assert_int_equal(c.server.uniform_weights, 0);
+    assert_string_equal(c.server.strategy, "fedavg");
+    assert_true(c.server.server_lr == 0.0f);
+    assert_true(c.server.momentum == 0.9f);
+    assert_true(c.server.beta1 == 0.9f);
+    assert_true(c.server.beta2 == 0.99f);
+    assert_true(c.server.tau == 1e-3f);
+    assert_true(c.server.trim_fraction == 0.1f);
+    assert_true(c.server.init_seed == 42);
+    assert_true(c.server.select_seed == 0);
+    assert_int_equal(c.federation.local_epochs, 1);
+    assert_int_equal(c.federation.max_steps, 0);
+    assert_true(c.federation.fedprox_mu == 0.0f);
+    assert_int_equal(c.federation.unit, FP_FED_UNIT_NONE);
+    assert_true(c.federation.clip == 0.0f);
+    assert_true(c.federation.noise_multiplier == 1.0f);
+    assert_true(c.federation.delta == 1e-5f);
+    assert_string_equal(c.client.server, "");
+    assert_string_equal(c.client.ca, "");
+    assert_string_equal(c.client.cert, "");
+    assert_string_equal(c.client.key, "");
+    assert_int_equal(c.client.insecure, 0);
+    assert_string_equal(c.client.name, "");
+    assert_string_equal(c.client.out, "runs/joined");
+    assert_string_equal(c.client.ledger_dir, "");
+    assert_true(c.client.budget_epsilon == 0.0f);
+    assert_true(c.client.give_up_s == 0.0f);
     assert_int_equal(fp_config_validate(&c), FP_OK);
 }
 
@@ -132,6 +213,87 @@ static void test_shipped_configs(void **state)
     probe.dp.target_epsilon = 0.25f;
     probe.dp.seed = 9;
     assert_int_equal(fp_config_load(FEDPROF_SOURCE_DIR "/configs/centralized.yaml", &probe), FP_OK);
+    assert_true(cfg_equal(&probe, &d));
+
+    /* server.yaml spells out every server: and federation: default (n_items 0 included: the
+     * loader allows it, fedprof-server asks for it) and the Games model, which are the defaults
+     * too; client.yaml every client: default. A probe with every such key changed must come
+     * back as the defaults, so no key is missing from the files. */
+    fp_config_defaults(&c);
+    st = fp_config_load(FEDPROF_SOURCE_DIR "/configs/server.yaml", &c);
+    if (st != FP_OK)
+        print_error("%s\n", fp_error_message());
+    assert_int_equal(st, FP_OK);
+    assert_true(cfg_equal(&c, &d));
+    fp_config_defaults(&probe);
+    snprintf(probe.server.listen, sizeof probe.server.listen, "x");
+    snprintf(probe.server.checkpoint_dir, sizeof probe.server.checkpoint_dir, "x");
+    snprintf(probe.server.ca, sizeof probe.server.ca, "x");
+    snprintf(probe.server.cert, sizeof probe.server.cert, "x");
+    snprintf(probe.server.key, sizeof probe.server.key, "x");
+    probe.server.insecure = 1;
+    snprintf(probe.server.federation_id, sizeof probe.server.federation_id, "x");
+    probe.server.n_items = 9;
+    probe.server.rounds = 9;
+    probe.server.clients_per_round = 9;
+    probe.server.min_clients = 9;
+    probe.server.min_updates = 9;
+    probe.server.over_selection = 9;
+    probe.server.round_timeout_s = 9;
+    probe.server.member_timeout_s = 9;
+    probe.server.uniform_weights = 1;
+    snprintf(probe.server.strategy, sizeof probe.server.strategy, "median");
+    probe.server.server_lr = 9;
+    probe.server.momentum = 0.25f;
+    probe.server.beta1 = 0.25f;
+    probe.server.beta2 = 0.25f;
+    probe.server.tau = 9;
+    probe.server.trim_fraction = 0.25f;
+    probe.server.init_seed = 9;
+    probe.server.select_seed = 9;
+    probe.federation.local_epochs = 9;
+    probe.federation.max_steps = 9;
+    probe.federation.fedprox_mu = 9;
+    probe.federation.unit = FP_FED_UNIT_CLIENT;
+    probe.federation.clip = 9;
+    probe.federation.noise_multiplier = 9;
+    probe.federation.delta = 0.25f;
+    probe.model.dim = 64;
+    probe.model.heads = 64;
+    probe.model.blocks = 9;
+    probe.model.maxlen = 9;
+    probe.model.dropout = 0.25f;
+    probe.train.batch = 9;
+    probe.train.lr = 0.25f;
+    probe.eval.negatives = 9;
+    probe.eval.max_users = 9;
+    probe.eval.k = 9;
+    probe.eval.full = 0;
+    probe.eval.seed = 9;
+    st = fp_config_load(FEDPROF_SOURCE_DIR "/configs/server.yaml", &probe);
+    if (st != FP_OK)
+        print_error("%s\n", fp_error_message());
+    assert_int_equal(st, FP_OK);
+    assert_true(cfg_equal(&probe, &d));
+
+    fp_config_defaults(&c);
+    st = fp_config_load(FEDPROF_SOURCE_DIR "/configs/client.yaml", &c);
+    if (st != FP_OK)
+        print_error("%s\n", fp_error_message());
+    assert_int_equal(st, FP_OK);
+    assert_true(cfg_equal(&c, &d));
+    fp_config_defaults(&probe);
+    snprintf(probe.client.server, sizeof probe.client.server, "x");
+    snprintf(probe.client.ca, sizeof probe.client.ca, "x");
+    snprintf(probe.client.cert, sizeof probe.client.cert, "x");
+    snprintf(probe.client.key, sizeof probe.client.key, "x");
+    probe.client.insecure = 1;
+    snprintf(probe.client.name, sizeof probe.client.name, "x");
+    snprintf(probe.client.out, sizeof probe.client.out, "x");
+    snprintf(probe.client.ledger_dir, sizeof probe.client.ledger_dir, "x");
+    probe.client.budget_epsilon = 9;
+    probe.client.give_up_s = 9;
+    assert_int_equal(fp_config_load(FEDPROF_SOURCE_DIR "/configs/client.yaml", &probe), FP_OK);
     assert_true(cfg_equal(&probe, &d));
 
     /* Any other shipped config loads too. */
@@ -224,6 +386,125 @@ static void test_overrides(void **state)
     assert_int_equal(c.model.heads, 2);
     assert_int_equal(load("'data': {'format': 'text'}\n", &c), FP_OK);
     assert_int_equal(c.data.format, FP_FORMAT_TEXT);
+}
+
+static void test_federation_sections(void **state)
+{
+    (void)state;
+    fp_config_t c, d;
+    fp_config_defaults(&c);
+    const char *y = "server:\n"
+                    "  listen: 127.0.0.1:9000\n"
+                    "  checkpoint_dir: '/srv/fed runs/ckpt'\n"
+                    "  ca: \"certs/ca.pem\"\n"
+                    "  cert: certs/server.pem\n"
+                    "  key: certs/server.key\n"
+                    "  insecure: true\n"
+                    "  federation_id: games-2024\n"
+                    "  n_items: 17517\n"
+                    "  rounds: 50\n"
+                    "  clients_per_round: 8\n"
+                    "  min_clients: 4\n"
+                    "  min_updates: 6\n"
+                    "  over_selection: 1.5\n"
+                    "  round_timeout_s: 120\n"
+                    "  member_timeout_s: 30.5\n"
+                    "  uniform_weights: true\n"
+                    "  strategy: trimmed_mean\n"
+                    "  server_lr: 0.5\n"
+                    "  momentum: 0\n"
+                    "  beta1: 0.8\n"
+                    "  beta2: 0.999\n"
+                    "  tau: 1e-9\n"
+                    "  trim_fraction: 0.2\n"
+                    "  init_seed: 7\n"
+                    "  select_seed: 18446744073709551615\n"
+                    "federation: {local_epochs: 2, max_steps: 500, fedprox_mu: 0.01, unit: client, clip: 2.5,\n"
+                    "             noise_multiplier: 0.8, delta: 1e-6}\n"
+                    "client:\n"
+                    "  server: coordinator.example.org:7070\n"
+                    "  ca: C:\\certs\\ca.pem\n"
+                    "  cert: 'it''s.pem'\n"
+                    "  key: \"a\\\\b\\\"c\\/d.key\"\n"
+                    "  insecure: false\n"
+                    "  name: 7070\n"
+                    "  out: ~\n"
+                    "  ledger_dir:\n"
+                    "  budget_epsilon: 8\n"
+                    "  give_up_s: 3600\n";
+    fp_status st = load(y, &c);
+    if (st != FP_OK)
+        print_error("%s\n", fp_error_message());
+    assert_int_equal(st, FP_OK);
+    assert_string_equal(c.server.listen, "127.0.0.1:9000");
+    assert_string_equal(c.server.checkpoint_dir, "/srv/fed runs/ckpt");
+    assert_string_equal(c.server.ca, "certs/ca.pem");
+    assert_string_equal(c.server.cert, "certs/server.pem");
+    assert_string_equal(c.server.key, "certs/server.key");
+    assert_int_equal(c.server.insecure, 1);
+    assert_string_equal(c.server.federation_id, "games-2024");
+    assert_int_equal(c.server.n_items, 17517);
+    assert_int_equal(c.server.rounds, 50);
+    assert_int_equal(c.server.clients_per_round, 8);
+    assert_int_equal(c.server.min_clients, 4);
+    assert_int_equal(c.server.min_updates, 6);
+    assert_true(c.server.over_selection == 1.5f);
+    assert_true(c.server.round_timeout_s == 120.0f);
+    assert_true(c.server.member_timeout_s == 30.5f);
+    assert_int_equal(c.server.uniform_weights, 1);
+    assert_string_equal(c.server.strategy, "trimmed_mean");
+    assert_true(c.server.server_lr == 0.5f);
+    assert_true(c.server.momentum == 0.0f);
+    assert_true(c.server.beta1 == 0.8f);
+    assert_true(c.server.beta2 == 0.999f);
+    assert_true(c.server.tau == 1e-9f);
+    assert_true(c.server.trim_fraction == 0.2f);
+    assert_true(c.server.init_seed == 7);
+    assert_true(c.server.select_seed == UINT64_MAX);
+    assert_int_equal(c.federation.local_epochs, 2);
+    assert_int_equal(c.federation.max_steps, 500);
+    assert_true(c.federation.fedprox_mu == 0.01f);
+    assert_int_equal(c.federation.unit, FP_FED_UNIT_CLIENT);
+    assert_true(c.federation.clip == 2.5f);
+    assert_true(c.federation.noise_multiplier == 0.8f);
+    assert_true(c.federation.delta == 1e-6f);
+    assert_string_equal(c.client.server, "coordinator.example.org:7070");
+    assert_string_equal(c.client.ca, "C:\\certs\\ca.pem"); /* plain: backslashes are text */
+    assert_string_equal(c.client.cert, "it's.pem");
+    assert_string_equal(c.client.key, "a\\b\"c/d.key");
+    assert_int_equal(c.client.insecure, 0);
+    assert_string_equal(c.client.name, "7070"); /* any scalar's text */
+    assert_string_equal(c.client.out, "");      /* null: unset */
+    assert_string_equal(c.client.ledger_dir, "");
+    assert_true(c.client.budget_epsilon == 8.0f);
+    assert_true(c.client.give_up_s == 3600.0f);
+    /* Other sections untouched. */
+    fp_config_defaults(&d);
+    assert_int_equal(c.model.dim, d.model.dim);
+    assert_int_equal(c.train.batch, d.train.batch);
+    assert_int_equal(fp_config_validate(&c), FP_OK);
+
+    /* Every strategy name; a string of exactly FP_CONFIG_STR_MAX bytes; unit record. */
+    const char *strategies[] = {"fedavg", "fedavgm", "fedadagrad", "fedadam", "fedyogi", "median", "trimmed_mean"};
+    for (size_t i = 0; i < sizeof strategies / sizeof strategies[0]; i++) {
+        char buf[128];
+        snprintf(buf, sizeof buf, "server:\n  strategy: '%s'\n", strategies[i]);
+        assert_int_equal(load(buf, &c), FP_OK);
+        assert_string_equal(c.server.strategy, strategies[i]);
+    }
+    char *big = malloc(FP_CONFIG_STR_MAX + 64);
+    assert_non_null(big);
+    int at = snprintf(big, 64, "client:\n  name: ");
+    memset(big + at, 'n', FP_CONFIG_STR_MAX);
+    memcpy(big + at + FP_CONFIG_STR_MAX, "\n", 2);
+    assert_int_equal(fp_config_load_string("t", big, (size_t)at + FP_CONFIG_STR_MAX + 1, &c), FP_OK);
+    assert_int_equal((int)strlen(c.client.name), FP_CONFIG_STR_MAX);
+    free(big);
+    assert_int_equal(load("federation:\n  unit: record\n  clip: 1\n", &c), FP_OK);
+    assert_int_equal(c.federation.unit, FP_FED_UNIT_RECORD);
+    /* UTF-8 text is fine. */
+    assert_int_equal(load("client:\n  name: \"partner-\xc3\xa9\"\n", &c), FP_OK);
+    assert_string_equal(c.client.name, "partner-\xc3\xa9");
 }
 
 static void test_empty_documents(void **state)
@@ -362,6 +643,57 @@ static const err_case g_errors[] = {
     {"model:\n  \"di\\u006d\": 5\n", FP_ERR_INVALID, 2, "unknown key"},
     {"'''''''''''''''''''''''''''''''''''''''''''''''': 1\n", FP_ERR_INVALID, 1, "unknown section"},
     {"model:\n  loss: 'bce\n    '\n", FP_ERR_INVALID, 2, "model.loss"},
+    /* server, federation, client. */
+    {"server:\n  listen: [a, b]\n", FP_ERR_INVALID, 2, "server.listen: expected a string, got a sequence"},
+    {"server:\n  ca: {path: x}\n", FP_ERR_INVALID, 2, "server.ca: expected a string, got a mapping"},
+    {"client:\n  out:\n    dir: x\n", FP_ERR_INVALID, 2, "client.out: expected a string"},
+    {"client:\n  name: \"a\\tb\"\n", FP_ERR_INVALID, 2, "client.name: escape"},
+    {"client:\n  name: a\tb\n", FP_ERR_INVALID, 2, "client.name: control character 0x09"},
+    {"client:\n  name: \"a\x7f\"\n", FP_ERR_INVALID, 2, "client.name: control character 0x7f"},
+    {"client:\n  name: |\n    two\n    lines\n", FP_ERR_INVALID, 2, "client.name: control character 0x0a"},
+    {"client:\n  name: 'two\n    lines'\n", FP_ERR_INVALID, 2, "client.name: a quoted string must be on one line"},
+    {"client:\n  ca: &a x\n  key: *a\n", FP_ERR_INVALID, 3, "client.key: aliases"},
+    {"client:\n  ca: !!str x\n", FP_ERR_INVALID, 2, "client.ca: tags"},
+    {"client:\n  nmae: x\n", FP_ERR_INVALID, 2, "client.nmae"},
+    {"client:\n  name: a\n  name: b\n", FP_ERR_INVALID, 3, "client.name"},
+    {"server:\n  strategy: fedsgd\n", FP_ERR_INVALID, 2, "server.strategy: expected fedavg"},
+    {"server:\n  strategy: FedAvg\n", FP_ERR_INVALID, 2, "server.strategy"},
+    {"server:\n  strategy: ''\n", FP_ERR_INVALID, 2, "server.strategy"},
+    {"server:\n  strategy:\n", FP_ERR_INVALID, 2, "server.strategy"},
+    {"server:\n  strategy: \"fed\\\"avg\"\n", FP_ERR_INVALID, 2, "server.strategy"},
+    {"federation:\n  unit: user\n", FP_ERR_INVALID, 2, "federation.unit: expected none, record or client"},
+    {"federation:\n  unit: 2\n", FP_ERR_INVALID, 2, "federation.unit"},
+    {"server:\n  clients_per_round: 3\n  min_updates: 4\n", FP_ERR_RANGE, 3,
+     "server.min_updates: must be in [0, server.clients_per_round = 3], got 4"},
+    {"server:\n  min_updates: 3\n", FP_ERR_RANGE, 2, "server.min_updates"},
+    {"server:\n  min_updates: -1\n", FP_ERR_RANGE, 2, "server.min_updates"},
+    {"server:\n  n_items: -1\n", FP_ERR_RANGE, 2, "server.n_items"},
+    {"server:\n  n_items: 100000001\n", FP_ERR_RANGE, 2, "server.n_items"},
+    {"server:\n  rounds: 0\n", FP_ERR_RANGE, 2, "server.rounds"},
+    {"server:\n  clients_per_round: 100001\n", FP_ERR_RANGE, 2, "server.clients_per_round"},
+    {"server:\n  min_clients: 0\n", FP_ERR_RANGE, 2, "server.min_clients"},
+    {"server:\n  over_selection: 0.5\n", FP_ERR_RANGE, 2, "server.over_selection: must be in [1, 100]"},
+    {"server:\n  round_timeout_s: 0\n", FP_ERR_RANGE, 2, "server.round_timeout_s: must be in (0, 1e+07]"},
+    {"server:\n  member_timeout_s: 1e8\n", FP_ERR_RANGE, 2, "server.member_timeout_s"},
+    {"server:\n  server_lr: -0.1\n", FP_ERR_RANGE, 2, "server.server_lr"},
+    {"server:\n  momentum: 1\n", FP_ERR_RANGE, 2, "server.momentum"},
+    {"server:\n  beta1: 1.0\n", FP_ERR_RANGE, 2, "server.beta1"},
+    {"server:\n  beta2: -0.5\n", FP_ERR_RANGE, 2, "server.beta2"},
+    {"server:\n  tau: 0\n", FP_ERR_RANGE, 2, "server.tau"},
+    {"server:\n  trim_fraction: 0.5\n", FP_ERR_RANGE, 2, "server.trim_fraction"},
+    {"server:\n  insecure: 1\n", FP_ERR_INVALID, 2, "server.insecure"},
+    {"server:\n  init_seed: -1\n", FP_ERR_RANGE, 2, "server.init_seed"},
+    {"federation:\n  local_epochs: 0\n", FP_ERR_RANGE, 2, "federation.local_epochs"},
+    {"federation:\n  max_steps: -1\n", FP_ERR_RANGE, 2, "federation.max_steps"},
+    {"federation:\n  fedprox_mu: 1e7\n", FP_ERR_RANGE, 2, "federation.fedprox_mu"},
+    {"federation:\n  clip: -1\n", FP_ERR_RANGE, 2, "federation.clip"},
+    {"federation:\n  noise_multiplier: 10001\n", FP_ERR_RANGE, 2, "federation.noise_multiplier"},
+    {"federation:\n  delta: 1\n", FP_ERR_RANGE, 2, "federation.delta"},
+    {"federation:\n  delta: .nan\n", FP_ERR_RANGE, 2, "federation.delta"},
+    {"client:\n  budget_epsilon: -1\n", FP_ERR_RANGE, 2, "client.budget_epsilon"},
+    {"client:\n  give_up_s: 2e9\n", FP_ERR_RANGE, 2, "client.give_up_s"},
+    {"client:\n  give_up_s: soon\n", FP_ERR_INVALID, 2, "client.give_up_s"},
+    {"clients:\n  name: x\n", FP_ERR_INVALID, 1, "federation, server or client"},
 };
 
 static void check_error(size_t i, const char *yaml, size_t len, fp_status want, int line, const char *key)
@@ -410,6 +742,18 @@ static void test_errors(void **state)
     memset(deep + 7, '{', n);
     check_error(102, deep, n + 7, FP_ERR_PARSE, -1, NULL);
     free(deep);
+    /* A string one byte too long (plain and quoted). */
+    char *s = malloc(FP_CONFIG_STR_MAX + 64);
+    assert_non_null(s);
+    int at = snprintf(s, 64, "server:\n  listen: ");
+    memset(s + at, 'a', FP_CONFIG_STR_MAX + 1);
+    memcpy(s + at + FP_CONFIG_STR_MAX + 1, "\n", 2);
+    check_error(104, s, strlen(s), FP_ERR_RANGE, 2, "server.listen: string too long");
+    at = snprintf(s, 64, "client:\n  key: '");
+    memset(s + at, 'b', FP_CONFIG_STR_MAX + 1);
+    memcpy(s + at + FP_CONFIG_STR_MAX + 1, "'\n", 3);
+    check_error(105, s, strlen(s), FP_ERR_RANGE, 2, "client.key: string too long");
+    free(s);
     /* Too large. */
     size_t big = FP_CONFIG_MAX_BYTES + 1;
     char *b = malloc(big);
@@ -485,12 +829,43 @@ static void test_validate(void **state)
     c.model.n_items = -1;
     assert_int_equal(fp_config_validate(&c), FP_ERR_RANGE);
     assert_int_equal(fp_config_validate(NULL), FP_ERR_INVALID);
+    /* Strings set by flags are checked too. */
+    fp_config_defaults(&c);
+    memset(c.client.name, 'x', sizeof c.client.name); /* not terminated */
+    assert_int_equal(fp_config_validate(&c), FP_ERR_RANGE);
+    assert_non_null(strstr(fp_error_message(), "client.name"));
+    fp_config_defaults(&c);
+    snprintf(c.server.cert, sizeof c.server.cert, "a\nb");
+    assert_int_equal(fp_config_validate(&c), FP_ERR_RANGE);
+    assert_non_null(strstr(fp_error_message(), "server.cert: control character"));
+    fp_config_defaults(&c);
+    snprintf(c.server.strategy, sizeof c.server.strategy, "scaffold");
+    assert_int_equal(fp_config_validate(&c), FP_ERR_RANGE);
+    assert_non_null(strstr(fp_error_message(), "server.strategy"));
+    fp_config_defaults(&c);
+    c.server.min_updates = 3; /* > clients_per_round = 2 */
+    assert_int_equal(fp_config_validate(&c), FP_ERR_RANGE);
+    assert_non_null(strstr(fp_error_message(), "server.min_updates"));
+    c.server.clients_per_round = 3;
+    assert_int_equal(fp_config_validate(&c), FP_OK);
+    fp_config_defaults(&c);
+    c.federation.unit = (fp_fed_unit)3;
+    assert_int_equal(fp_config_validate(&c), FP_ERR_RANGE);
+    assert_non_null(strstr(fp_error_message(), "federation.unit"));
+    fp_config_defaults(&c);
+    c.server.n_items = FP_DATA_MAX_ITEMS;
+    c.federation.max_steps = INT_MAX;
+    c.federation.clip = FLT_MAX;
+    assert_int_equal(fp_config_validate(&c), FP_OK);
+    c.client.give_up_s = INFINITY;
+    assert_int_equal(fp_config_validate(&c), FP_ERR_RANGE);
+    assert_non_null(strstr(fp_error_message(), "client.give_up_s"));
 }
 
 static void test_json_roundtrip(void **state)
 {
     (void)state;
-    fp_config_t a, b;
+    fp_config_t a, b, d;
     char *js = NULL;
     fp_config_defaults(&a);
     assert_int_equal(fp_config_to_json(&a, &js), FP_OK);
@@ -548,6 +923,48 @@ static void test_json_roundtrip(void **state)
     assert_true(cfg_equal(&a, &b));
     free(js);
 
+    /* Federation travels; server and client never do (local paths), and JSON leaves them alone. */
+    fp_config_defaults(&a);
+    a.federation.local_epochs = 3;
+    a.federation.max_steps = 1000;
+    a.federation.fedprox_mu = 0.01f;
+    a.federation.unit = FP_FED_UNIT_CLIENT;
+    a.federation.clip = 0.3f;
+    a.federation.noise_multiplier = 1.1f;
+    a.federation.delta = 1e-7f;
+    snprintf(a.server.listen, sizeof a.server.listen, "10.0.0.1:1");
+    snprintf(a.server.key, sizeof a.server.key, "/etc/secret/server.key");
+    a.server.n_items = 123;
+    snprintf(a.client.key, sizeof a.client.key, "/home/me/partner.key");
+    snprintf(a.client.server, sizeof a.client.server, "host:1");
+    assert_int_equal(fp_config_to_json(&a, &js), FP_OK);
+    assert_null(strstr(js, "\"server\""));
+    assert_null(strstr(js, "\"client\":{"));
+    assert_null(strstr(js, "secret"));
+    assert_null(strstr(js, "partner.key"));
+    assert_null(strstr(js, "listen"));
+    assert_non_null(strstr(js, "\"federation\":{\"local_epochs\":3"));
+    assert_non_null(strstr(js, "\"unit\":\"client\""));
+    fp_config_defaults(&b);
+    st = fp_config_from_json(js, &b);
+    if (st != FP_OK)
+        print_error("%s\n%s\n", js, fp_error_message());
+    assert_int_equal(st, FP_OK);
+    assert_true(travel_equal(&a, &b));
+    assert_true(federation_equal(&a, &b));
+    fp_config_defaults(&d);
+    assert_true(server_equal(&b, &d) && client_equal(&b, &d)); /* b's own, untouched */
+    free(js);
+    /* At its defaults the federation section is left out, like dp. */
+    fp_config_defaults(&a);
+    assert_int_equal(fp_config_to_json(&a, &js), FP_OK);
+    assert_null(strstr(js, "\"federation\""));
+    free(js);
+    /* A non-finite local float does not stop the JSON (it is not in it). */
+    a.client.give_up_s = NAN;
+    assert_int_equal(fp_config_to_json(&a, &js), FP_OK);
+    free(js);
+
     /* A float that prints like an integer stays a float in JSON. */
     fp_config_defaults(&a);
     a.model.l2_emb = 2.0f;
@@ -592,6 +1009,15 @@ static void test_json_errors(void **state)
         {"{\"eval\":{\"full\":1}}", FP_ERR_INVALID, "eval.full"},
         {"{\"data\":{\"format\":null}}", FP_ERR_INVALID, "data.format"},
         {"{\"model\":{\"dim\":{\"a\":{\"b\":{}}}}}", FP_ERR_PARSE, NULL},
+        /* Local sections are never read from JSON. */
+        {"{\"server\":{\"listen\":\"0.0.0.0:1\"}}", FP_ERR_INVALID, "unknown section 'server'"},
+        {"{\"client\":{\"key\":\"/tmp/k\"}}", FP_ERR_INVALID, "unknown section 'client'"},
+        {"{\"client\":{}}", FP_ERR_INVALID, "unknown section 'client'"},
+        {"{\"federation\":{\"unit\":\"user\"}}", FP_ERR_INVALID, "federation.unit"},
+        {"{\"federation\":{\"unit\":2}}", FP_ERR_INVALID, "federation.unit"},
+        {"{\"federation\":{\"delta\":0}}", FP_ERR_RANGE, "federation.delta"},
+        {"{\"federation\":{\"local_epochs\":0}}", FP_ERR_RANGE, "federation.local_epochs"},
+        {"{\"federation\":{\"listen\":\"x\"}}", FP_ERR_INVALID, "federation.listen"},
     };
     for (size_t i = 0; i < sizeof cases / sizeof cases[0]; i++) {
         fp_config_t c, before;
@@ -621,14 +1047,24 @@ static void test_json_errors(void **state)
 static void test_mutations(void **state)
 {
     (void)state;
-    const char *base = "model:\n  dim: 64   # c\n  heads: 2\n  loss: sampled_softmax\n"
-                       "train: {lr: 0.001, seed: 7, epochs: 3}\neval:\n  full: true\n  k: 10\ndata:\n  format: csv\n";
+    const char *bases[] = {
+        "model:\n  dim: 64   # c\n  heads: 2\n  loss: sampled_softmax\n"
+        "train: {lr: 0.001, seed: 7, epochs: 3}\neval:\n  full: true\n  k: 10\ndata:\n  format: csv\n",
+        "server:\n  listen: \"0.0.0.0:7070\"\n  ca: 'c''a.pem'\n  strategy: fedadam\n  min_updates: 2\n"
+        "federation: {unit: client, clip: 1.5, delta: 1e-6}\nclient:\n  key: \"k\\\\e\\\"y\"\n  name: p1 # c\n",
+    };
+    for (size_t i = 0; i < sizeof bases / sizeof bases[0]; i++) {
+        fp_config_t c;
+        fp_config_defaults(&c);
+        assert_int_equal(fp_config_load_string("m.yaml", bases[i], strlen(bases[i]), &c), FP_OK);
+    }
     const char alphabet[] = ":-{}[],#&*!|>'\"%@` \n\t?~.0123456789eE+\\\xff\x80\xc3";
-    size_t n = strlen(base);
     char buf[512];
     uint64_t x = 0x9E3779B97F4A7C15ULL;
     int oks = 0, errs = 0;
-    for (int it = 0; it < 3000; it++) {
+    for (int it = 0; it < 6000; it++) {
+        const char *base = bases[it % 2];
+        size_t n = strlen(base);
         memcpy(buf, base, n);
         size_t len = n;
         int edits = 1 + (int)(x % 4);
@@ -678,6 +1114,7 @@ int main(void)
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_shipped_configs),
         cmocka_unit_test(test_overrides),
+        cmocka_unit_test(test_federation_sections),
         cmocka_unit_test(test_empty_documents),
         cmocka_unit_test(test_errors),
         cmocka_unit_test(test_error_files),

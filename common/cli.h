@@ -1,8 +1,8 @@
 /* cli: strict parsing of command-line flags shared by the fedprof binaries.
  * "--name value" and "--name=value"; every value is checked (type, range, trailing junk);
  * an unknown flag, a missing value or a repeated flag is an error naming the flag. */
-#ifndef FEDPROF_CLIENT_CLI_H
-#define FEDPROF_CLIENT_CLI_H
+#ifndef FEDPROF_COMMON_CLI_H
+#define FEDPROF_COMMON_CLI_H
 
 #include <stdint.h>
 

@@ -1,5 +1,5 @@
 /* cli: flag parsing with strict value checks. */
-#include "client/cli.h"
+#include "common/cli.h"
 
 #include <errno.h>
 #include <math.h>
