@@ -12,6 +12,7 @@
 
 #include <openssl/rand.h>
 
+#include "client/dpsgd.h"
 #include "client/local.h"
 #include "common/config.h"
 #include "common/log.h"
@@ -22,6 +23,7 @@
 #include "common/tensor_stream.h"
 #include "dp/clip.h"
 #include "dp/csprng.h"
+#include "dp/ledger.h"
 #include "dp/noise.h"
 #include "fedprof.pb-c.h"
 
@@ -74,6 +76,14 @@ typedef struct {
     fp_ts_header_t upd_h;
     fp_rng_t jitter;
     double last_progress;
+    /* privacy ledger */
+    char federation_id[128];
+    fp_ledger_key_t *lkey;      /* loaded at start when ledger_dir is set */
+    char *lkey_pem;             /* its public half, sent in Join */
+    fp_ledger_t *ledger;        /* opened at the first DP task */
+    int64_t fed_next_seq;       /* the entry the coordinator's federation ledger expects next */
+    int exhausted;              /* budget spent: say so in GetTask, train no more */
+    uint64_t skipped_round;     /* a spent round seen again (logged once) */
 } join_t;
 
 /* ---- retry ------------------------------------------------------------------------------------------ */
@@ -121,6 +131,25 @@ static int64_t rpc_deadline(const join_t *j, int64_t ms)
     return ms;
 }
 
+/* mkdir -p: 0 or -1 with errno. */
+static int mkdir_parents(const char *dir)
+{
+    char p[4096];
+    if ((size_t)snprintf(p, sizeof p, "%s", dir) >= sizeof p) {
+        errno = ENAMETOOLONG;
+        return -1;
+    }
+    for (char *q = p + 1; *q; q++) {
+        if (*q != '/')
+            continue;
+        *q = '\0';
+        if (mkdir(p, 0755) != 0 && errno != EEXIST)
+            return -1;
+        *q = '/';
+    }
+    return mkdir(p, 0755) != 0 && errno != EEXIST ? -1 : 0;
+}
+
 /* ---- Join ------------------------------------------------------------------------------------------- */
 
 static fp_status rpc_join(join_t *j, int *code)
@@ -135,8 +164,9 @@ static fp_status rpc_join(join_t *j, int *code)
     req.capabilities = &cap;
     req.num_examples_bucket = fp_join_example_bucket((uint64_t)j->o->data->n_users);
     req.insecure_name = (char *)(uintptr_t)(j->o->insecure_name ? j->o->insecure_name : "");
+    req.ledger_public_key_pem = j->lkey_pem ? j->lkey_pem : (char *)(uintptr_t)"";
     size_t n = fedprof__v1__join_request__get_packed_size(&req);
-    uint8_t buf[1024];
+    uint8_t buf[2048];
     if (n > sizeof buf)
         return FP_FAIL(FP_ERR_RANGE, "JoinRequest too large");
     fedprof__v1__join_request__pack(&req, buf);
@@ -183,6 +213,8 @@ static fp_status rpc_join(join_t *j, int *code)
     j->cfg_known = 1;
     snprintf(j->session, sizeof j->session, "%s", r->session);
     snprintf(j->rep->identity, sizeof j->rep->identity, "%s", r->identity ? r->identity : "");
+    snprintf(j->federation_id, sizeof j->federation_id, "%s", r->federation_id ? r->federation_id : "");
+    j->fed_next_seq = r->ledger_next_seq > 0 ? r->ledger_next_seq : 1;
     j->joined = 1;
 out:
     fedprof__v1__join_response__free_unpacked(r, NULL);
@@ -405,22 +437,201 @@ static double noise_grid(double clip, size_t P)
     return ldexp(1.0, (int)floor(log2(g)));
 }
 
-/* Train round `round_id` from the pulled global model (j->w_global) and prepare the update. */
-static fp_status train_round(join_t *j, const Fedprof__V1__GetTaskResponse *t, uint64_t version)
+/* ---- privacy: the round's spend and the ledger --------------------------------------------------- */
+
+typedef enum { PRIV_TRAIN = 0, PRIV_SPENT = 1, PRIV_EXHAUSTED = 2 } priv_decision;
+
+typedef struct {
+    int unit;                /* proto PrivacyUnit: 0 none, RECORD, CLIENT */
+    fp_dpsgd_plan_t dp;      /* record level */
+    fp_ledger_spend_t spend; /* what the ledger is asked to admit (steps: the most this round takes) */
+    double grid;             /* client level: rounding grid of the noise */
+} priv_plan_t;
+
+/* The federation id as a file name: [A-Za-z0-9._-], no leading dot, at most 64 characters. */
+static void ledger_file_name(const char *fed_id, char *out, size_t n)
+{
+    char id[65];
+    size_t k = 0;
+    for (const char *p = fed_id; *p && k < 64; p++) {
+        char ch = *p;
+        int ok = (ch >= 'a' && ch <= 'z') || (ch >= 'A' && ch <= 'Z') || (ch >= '0' && ch <= '9') || ch == '-' ||
+                 ch == '_' || (ch == '.' && k > 0);
+        id[k++] = ok ? ch : '_';
+    }
+    id[k] = '\0';
+    snprintf(out, n, "%s.ledger.jsonl", k ? id : "federation");
+}
+
+static fp_status open_ledger(join_t *j)
+{
+    if (j->ledger)
+        return FP_OK;
+    if (!j->lkey)
+        return FP_FAIL(FP_ERR_INVALID, "the federation trains with differential privacy, and this client keeps no "
+                       "privacy ledger: give --ledger-dir (client.ledger_dir)");
+    if (!(j->o->budget_epsilon > 0) || !isfinite(j->o->budget_epsilon))
+        return FP_FAIL(FP_ERR_INVALID, "the federation trains with differential privacy: set your privacy budget "
+                       "with --budget-epsilon E (client.budget_epsilon); rounds past it will be refused");
+    char name[96], path[4096];
+    ledger_file_name(j->federation_id, name, sizeof name);
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", j->o->ledger_dir, name) >= sizeof path)
+        return FP_FAIL(FP_ERR_RANGE, "ledger path too long: %s", j->o->ledger_dir);
+    fp_ledger_options_t lo = {j->rep->identity, j->o->budget_epsilon, NULL, 0};
+    fp_status st = fp_ledger_open(path, j->lkey, &lo, &j->ledger);
+    if (st != FP_OK)
+        return st;
+    j->rep->epsilon = fp_ledger_epsilon(j->ledger);
+    if (!j->o->quiet)
+        fp_log_info("privacy ledger %s: %" PRId64 " rounds recorded, epsilon %.4g of a budget of %g", path,
+                    fp_ledger_entries(j->ledger), fp_ledger_epsilon(j->ledger), j->o->budget_epsilon);
+    return FP_OK;
+}
+
+/* The round's local plan (seeded per client and round). */
+static fp_local_plan_t local_plan(const join_t *j, const Fedprof__V1__GetTaskResponse *t)
 {
     const Fedprof__V1__TrainingPlan *plan = t->plan;
+    fp_local_plan_t lp;
+    memset(&lp, 0, sizeof lp);
+    lp.epochs = (int)plan->local_epochs;
+    lp.max_steps = (int)plan->max_steps;
+    lp.batch = (int)plan->batch_size;
+    lp.lr = plan->learning_rate;
+    lp.beta1 = j->cfg.train.beta1;
+    lp.beta2 = j->cfg.train.beta2;
+    lp.eps = j->cfg.train.eps;
+    lp.fedprox_mu = plan->fedprox_mu;
+    lp.seed = plan->seed ^ fnv1a(j->rep->identity) ^ (t->round_id * 0x9e3779b97f4a7c15ULL);
+    return lp;
+}
+
+/* Decide whether round t may be trained under this client's privacy budget, before anything is
+ * pulled: PRIV_SPENT when the ledger already holds the round (a crash after the spend: the
+ * round is never trained twice), PRIV_EXHAUSTED when its projected ε passes the budget. */
+static fp_status plan_privacy(join_t *j, const Fedprof__V1__GetTaskResponse *t, priv_plan_t *pp,
+                              priv_decision *decision)
+{
+    memset(pp, 0, sizeof *pp);
+    *decision = PRIV_TRAIN;
+    const Fedprof__V1__TrainingPlan *plan = t->plan;
+    const Fedprof__V1__NoiseParams *np = plan->noise;
+    pp->unit = np ? (int)np->unit : 0;
+    if (pp->unit == 0)
+        return FP_OK;
+    if (pp->unit != FEDPROF__V1__PRIVACY_UNIT__PRIVACY_UNIT_RECORD &&
+        pp->unit != FEDPROF__V1__PRIVACY_UNIT__PRIVACY_UNIT_CLIENT)
+        return FP_FAIL(FP_ERR_UNSUPPORTED, "the federation asks for privacy unit %d, which this client does not know",
+                       pp->unit);
+    double clip = plan->clip_bound, sigma = np->noise_multiplier, delta = np->delta;
+    if (!(clip > 0) || !(sigma > 0) || !isfinite(sigma) || !(delta > 0 && delta < 1))
+        return FP_FAIL(FP_ERR_PARSE, "the federation's privacy plan is invalid (clip %g, noise multiplier %g, "
+                       "delta %g)", clip, sigma, delta);
+    fp_status st = open_ledger(j);
+    if (st != FP_OK)
+        return st;
+    fp_ledger_spend_t *sp = &pp->spend;
+    sp->round = (int64_t)t->round_id;
+    sp->model_version = (int64_t)t->model_version;
+    sp->clip = clip;
+    sp->delta = delta;
+    sp->conversion = FP_DP_CONVERSION_IMPROVED;
+    if (pp->unit == FEDPROF__V1__PRIVACY_UNIT__PRIVACY_UNIT_RECORD) {
+        /* The users DP-SGD samples from: those with 2+ training items (a batcher's list). */
+        fp_batcher_t *bat = NULL;
+        const fp_model_config_t *mc = &j->cfg.model;
+        if ((st = fp_batcher_create(&j->split, mc->maxlen, 1, mc->n_neg, 1, &bat)) != FP_OK)
+            return st;
+        int32_t users = fp_batcher_n_users(bat);
+        fp_batcher_destroy(bat);
+        if (users < 1)
+            return FP_FAIL(FP_ERR_INVALID, "no local user has 2 or more training items: nothing to train on");
+        fp_local_plan_t lp = local_plan(j, t);
+        int64_t spe = ((int64_t)users + lp.batch - 1) / lp.batch;
+        if ((st = fp_dpsgd_plan(sigma, 0, clip, delta, users, lp.batch, j->P, (int64_t)lp.epochs * spe, &pp->dp)) !=
+            FP_OK)
+            return st;
+        lp.dp = &pp->dp;
+        sp->unit = FP_LEDGER_UNIT_RECORD;
+        sp->q = pp->dp.q;
+        sp->sigma = pp->dp.noise_accounted;
+        sp->steps = fp_local_dp_steps(&lp);
+    } else {
+        /* One Gaussian release of the clipped Δ per round; the client knows it was selected, so
+         * no sampling amplification is claimed (q = 1). Rounding to the grid widens the
+         * sensitivity to clip + grid·√P, which the accounted σ reflects. */
+        pp->grid = noise_grid(clip, j->P);
+        sp->unit = FP_LEDGER_UNIT_CLIENT;
+        sp->q = 1.0;
+        sp->sigma = sigma * clip / (clip + pp->grid * sqrt((double)j->P));
+        sp->steps = 1;
+    }
+    if (fp_ledger_has_round(j->ledger, sp->round)) {
+        *decision = PRIV_SPENT;
+        return FP_OK;
+    }
+    double eps_after = 0;
+    st = fp_ledger_admit(j->ledger, sp, &eps_after);
+    if (st == FP_ERR_RANGE) {
+        *decision = PRIV_EXHAUSTED;
+        if (!j->o->quiet)
+            fp_log_info("privacy budget: round %" PRId64 " would bring epsilon from %.4g to %.4g, past the budget of "
+                        "%g: this client trains no more rounds and waits for the federation to end",
+                        sp->round, fp_ledger_epsilon(j->ledger), eps_after, j->o->budget_epsilon);
+        return FP_OK;
+    }
+    return st;
+}
+
+/* The ledger text of the update: the entries the coordinator has not recorded yet (from
+ * fed_next_seq), then this round's line, '\n'-separated. */
+static fp_status ledger_text(join_t *j, const char *line, char *out, size_t cap)
+{
+    size_t used = 0;
+    int64_t last = fp_ledger_entries(j->ledger);
+    for (int64_t seq = j->fed_next_seq > 0 ? j->fed_next_seq : 1; seq <= last; seq++) {
+        char *l = NULL;
+        size_t len = 0;
+        fp_status st;
+        if (seq == last) {
+            l = (char *)(uintptr_t)line;
+            len = strlen(line);
+        } else if ((st = fp_ledger_read_line(j->ledger, seq, &l, &len)) != FP_OK) {
+            return st;
+        }
+        size_t need = len + (used ? 1 : 0);
+        if (used + need > cap) {
+            if (seq != last)
+                free(l);
+            return FP_FAIL(FP_ERR_RANGE, "%" PRId64 " ledger entries the coordinator has not recorded yet do not fit "
+                           "in one update (%zu bytes at most)", last - j->fed_next_seq + 1, cap);
+        }
+        if (used)
+            out[used++] = '\n';
+        memcpy(out + used, l, len);
+        used += len;
+        if (seq != last)
+            free(l);
+    }
+    out[used] = '\0';
+    return FP_OK;
+}
+
+/* Train round `round_id` from the pulled global model (j->w_global) and prepare the update. */
+static fp_status train_round(join_t *j, const Fedprof__V1__GetTaskResponse *t, uint64_t version, priv_plan_t *pp)
+{
+    const Fedprof__V1__TrainingPlan *plan = t->plan;
+    const Fedprof__V1__NoiseParams *np = plan->noise;
+    const int record = pp->unit == FEDPROF__V1__PRIVACY_UNIT__PRIVACY_UNIT_RECORD;
+    const int client = pp->unit == FEDPROF__V1__PRIVACY_UNIT__PRIVACY_UNIT_CLIENT;
     fp_status st;
     float *w = fp_model_params(j->model);
     memcpy(w, j->w_global, j->P * sizeof(float));
-    fp_local_plan_t lp = {(int)plan->local_epochs,
-                          (int)plan->max_steps,
-                          (int)plan->batch_size,
-                          plan->learning_rate,
-                          j->cfg.train.beta1,
-                          j->cfg.train.beta2,
-                          j->cfg.train.eps,
-                          plan->fedprox_mu,
-                          plan->seed ^ fnv1a(j->rep->identity) ^ (t->round_id * 0x9e3779b97f4a7c15ULL)};
+    fp_local_plan_t lp = local_plan(j, t);
+    if (record) {
+        lp.dp = &pp->dp;
+        lp.dp_seed = j->o->noise_seed ? j->o->noise_seed ^ t->round_id ^ fnv1a(j->rep->identity) : 0;
+    }
     fp_local_report_t lr;
     if ((st = fp_local_train(j->model, &j->adam, &j->split, &lp, j->w_global, &lr)) != FP_OK)
         return st;
@@ -436,18 +647,14 @@ static fp_status train_round(join_t *j, const Fedprof__V1__GetTaskResponse *t, u
     h->layout_hash = j->layout_hash;
     h->example_count_bucket = fp_join_example_bucket((uint64_t)lr.sequences / (uint64_t)(lp.epochs ? lp.epochs : 1));
     h->local_steps = (uint64_t)lr.steps;
-    const Fedprof__V1__NoiseParams *np = plan->noise;
-    int unit = np ? (int)np->unit : 0;
     double clip = plan->clip_bound;
-    if (unit == FEDPROF__V1__PRIVACY_UNIT__PRIVACY_UNIT_RECORD)
-        return FP_FAIL(FP_ERR_UNSUPPORTED, "the federation asks for record-level DP-SGD, which this client does not "
-                       "run in federated mode yet");
     double norm = 0.0, scale = 1.0;
-    if (clip > 0 && (st = fp_dp_clip_l2(j->delta, j->P, clip, &norm, &scale)) != FP_OK)
+    /* Record level: Δ is already private (DP-SGD); clipping it again would only lose signal. */
+    if (clip > 0 && !record && (st = fp_dp_clip_l2(j->delta, j->P, clip, &norm, &scale)) != FP_OK)
         return st;
     h->clip_bound = clip;
-    if (unit == FEDPROF__V1__PRIVACY_UNIT__PRIVACY_UNIT_CLIENT && np->noise_multiplier > 0) {
-        double sigma = np->noise_multiplier * clip, grid = noise_grid(clip, j->P);
+    if (client && np->noise_multiplier > 0) {
+        double sigma = np->noise_multiplier * clip;
         fp_csprng_t *g = NULL;
         if (j->o->noise_seed) {
             uint8_t seed[FP_CSPRNG_SEED_BYTES] = {0};
@@ -458,22 +665,46 @@ static fp_status train_round(join_t *j, const Fedprof__V1__GetTaskResponse *t, u
             st = fp_csprng_create_secure(&g);
         }
         if (st == FP_OK)
-            st = fp_dp_add_noise(j->delta, j->P, sigma, grid, g);
+            st = fp_dp_add_noise(j->delta, j->P, sigma, pp->grid, g);
         fp_csprng_destroy(g);
         if (st != FP_OK)
             return st;
+    }
+    if (record || client) {
         h->noise.present = 1;
         h->noise.mechanism = FEDPROF__V1__NOISE_MECHANISM__NOISE_MECHANISM_DISCRETE_GAUSSIAN;
-        h->noise.unit = FEDPROF__V1__PRIVACY_UNIT__PRIVACY_UNIT_CLIENT;
+        h->noise.unit = pp->unit;
         h->noise.noise_multiplier = np->noise_multiplier;
-        h->noise.stddev = sigma;
-        h->noise.granularity = grid;
+        h->noise.stddev = np->noise_multiplier * clip;
+        h->noise.granularity = record ? pp->dp.grid : pp->grid;
         h->noise.delta = np->delta;
+        /* The spend is recorded (signed, fsync'd) before Δ can leave this process. */
+        fp_ledger_spend_t sp = pp->spend;
+        sp.model_version = (int64_t)version;
+        if (record)
+            sp.steps = lr.steps;
+        double eps = 0;
+        char *line = NULL;
+        if ((st = fp_ledger_append(j->ledger, &sp, &eps, &line)) != FP_OK)
+            return st;
+        st = ledger_text(j, line, h->ledger_entry, sizeof h->ledger_entry - 1);
+        free(line);
+        if (st != FP_OK)
+            return st;
+        j->rep->epsilon = eps;
     }
-    if (!j->o->quiet)
-        fp_log_info("round %" PRIu64 ": %" PRId64 " local steps on %" PRId64 " sequences, loss %.4f, |Δ| %.4g%s (%.1fs)",
-                    t->round_id, lr.steps, lr.sequences, lr.mean_loss, clip > 0 ? norm : fp_vec_l2(j->delta, j->P),
-                    scale < 1.0 ? " (clipped)" : "", lr.seconds);
+    if (!j->o->quiet) {
+        char privacy[96] = "";
+        if (record)
+            snprintf(privacy, sizeof privacy, ", DP-SGD %" PRId64 "/%" PRId64 " users clipped, epsilon %.4g",
+                     lr.clipped, lr.sequences, j->rep->epsilon);
+        else if (client)
+            snprintf(privacy, sizeof privacy, ", noised, epsilon %.4g", j->rep->epsilon);
+        fp_log_info("round %" PRIu64 ": %" PRId64 " local steps on %" PRId64 " sequences, loss %.4f, |Δ| %.4g%s%s "
+                    "(%.1fs)",
+                    t->round_id, lr.steps, lr.sequences, lr.mean_loss, clip > 0 && !record ? norm : fp_vec_l2(j->delta, j->P),
+                    scale < 1.0 ? " (clipped)" : "", privacy, lr.seconds);
+    }
     j->have_update = 1;
     j->upd_round = t->round_id;
     j->upd_version = version;
@@ -492,6 +723,8 @@ static fp_status push_kept(join_t *j, uint64_t deadline_unix_ms)
         if (st == FP_OK) {
             j->rep->updates_accepted++;
             j->have_update = 0;
+            if (j->ledger)
+                j->fed_next_seq = fp_ledger_entries(j->ledger) + 1; /* all recorded there now */
             j->last_progress = fp_now();
             if (!j->o->quiet)
                 fp_log_info("round %" PRIu64 ": update accepted", j->upd_round);
@@ -580,6 +813,7 @@ static fp_status rpc_get_task(join_t *j, Fedprof__V1__GetTaskResponse **out, int
     req.protocol_version = FEDPROF__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1;
     req.max_wait_ms = JOIN_POLL_WAIT_MS;
     req.session = j->session;
+    req.budget_exhausted = j->exhausted;
     uint8_t buf[256];
     size_t n = fedprof__v1__get_task_request__get_packed_size(&req);
     if (n > sizeof buf)
@@ -647,16 +881,40 @@ static fp_status task_loop(join_t *j)
             return FP_FAIL(FP_ERR_PARSE, "GetTask: the coordinator sent an invalid training plan");
         }
         uint64_t round = t->round_id, version = t->model_version, deadline = t->round_deadline_unix_ms;
+        const Fedprof__V1__NoiseParams *np = t->plan->noise;
+        const int record = np && np->unit == FEDPROF__V1__PRIVACY_UNIT__PRIVACY_UNIT_RECORD;
+        /* Under DP-SGD the model holds a Poisson sample's sub-batch of rows. */
+        const int rows = record ? fp_dpsgd_max_batch((int)t->plan->batch_size) : (int)t->plan->batch_size;
         if (j->have_update && j->upd_round == round && j->upd_version == version) {
             /* Already trained for this round (the push failed in transit): push it again. */
             st = push_kept(j, deadline);
+        } else if (j->exhausted) {
+            st = FP_OK; /* this request already said so: the coordinator stops selecting us */
         } else {
             j->have_update = 0;
             uint64_t got = 0;
-            if ((st = prepare_data(j)) == FP_OK && (st = prepare_model(j, (int)t->plan->batch_size)) == FP_OK) {
+            priv_plan_t pp;
+            priv_decision dec = PRIV_TRAIN;
+            if ((st = prepare_data(j)) == FP_OK && (st = prepare_model(j, rows)) == FP_OK) {
                 if (t->model->parameter_count != j->P || t->model->layout_hash != j->layout_hash) {
                     st = FP_FAIL(FP_ERR_FORMAT, "the coordinator's model (%" PRIu64 " parameters) is not the model "
                                  "this client built from its config (%zu)", t->model->parameter_count, j->P);
+                } else if ((st = plan_privacy(j, t, &pp, &dec)) != FP_OK) {
+                    /* a client without a ledger or a budget, or a plan it cannot follow */
+                } else if (dec == PRIV_EXHAUSTED) {
+                    j->exhausted = 1;
+                    j->rep->budget_exhausted = 1;
+                } else if (dec == PRIV_SPENT) {
+                    /* Spent before a restart, and the update is gone: never trained twice. Wait
+                     * for the round to end rather than ask again at once. */
+                    if (j->skipped_round != round) {
+                        j->skipped_round = round;
+                        j->rep->rounds_skipped++;
+                        if (!j->o->quiet)
+                            fp_log_warn("round %" PRIu64 " is already in the privacy ledger (spent before a "
+                                        "restart): not training it again", round);
+                    }
+                    sleep_s(JOIN_POLL_WAIT_MS / 2000.0);
                 } else if ((st = rpc_pull(j, round, version, &got, &code)) != FP_OK) {
                     if (transient(code) || code == FP_WIRE_ABORTED || code == FP_WIRE_UNAUTHENTICATED) {
                         if (code == FP_WIRE_UNAUTHENTICATED)
@@ -665,7 +923,7 @@ static fp_status task_loop(join_t *j)
                             fp_log_warn("%s; asking again", fp_error_message());
                         st = backoff(j, 0, "pull");
                     }
-                } else if ((st = train_round(j, t, got)) == FP_OK) {
+                } else if ((st = train_round(j, t, got, &pp)) == FP_OK) {
                     st = push_kept(j, deadline);
                 }
             }
@@ -693,7 +951,18 @@ fp_status fp_join_run(const fp_join_opts_t *o, fp_join_report_t *rep)
     if (RAND_bytes((unsigned char *)&js, sizeof js) != 1)
         js = (uint64_t)time(NULL);
     fp_rng_seed(&j.jitter, js);
-    fp_status st = fp_wire_channel_create(o->server, o->creds, o->max_message_bytes, &j.ch);
+    fp_status st = FP_OK;
+    if (o->ledger_dir && o->ledger_dir[0]) {
+        int created = 0;
+        if (mkdir_parents(o->ledger_dir) != 0)
+            st = FP_FAIL(FP_ERR_IO, "cannot create the ledger directory %s: %s", o->ledger_dir, strerror(errno));
+        else if ((st = fp_ledger_key_load_or_create(o->ledger_dir, &j.lkey, &created)) == FP_OK &&
+                 (st = fp_ledger_key_public_pem(j.lkey, &j.lkey_pem)) == FP_OK && created && !o->quiet)
+            fp_log_info("created the ledger signing key %s/%s (keep it: it signs this partner's privacy ledger)",
+                        o->ledger_dir, FP_LEDGER_KEY_FILE);
+    }
+    if (st == FP_OK)
+        st = fp_wire_channel_create(o->server, o->creds, o->max_message_bytes, &j.ch);
     if (st == FP_OK)
         st = task_loop(&j);
     rep->seconds = fp_now() - t0;
@@ -705,5 +974,8 @@ fp_status fp_join_run(const fp_join_opts_t *o, fp_join_report_t *rep)
     free(j.pop);
     if (j.split_ready)
         fp_split_free(&j.split);
+    fp_ledger_close(j.ledger);
+    fp_ledger_key_free(j.lkey);
+    free(j.lkey_pem);
     return st;
 }

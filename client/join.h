@@ -12,7 +12,16 @@
  * give_up_s is set; a computed update is kept and pushed again while its round is open, so a
  * round is never trained twice. Refusals that retrying cannot fix (a certificate the federation
  * refuses, a catalogue that does not fit, a protocol mismatch) end the run with an error.
- * The raw data never leaves the process: only Δ (clipped and noised when configured) is sent. */
+ * The raw data never leaves the process: only Δ (clipped and noised when configured) is sent.
+ *
+ * Privacy (when the plan asks for a unit): record level trains with DP-SGD (client/dpsgd: Poisson
+ * sampling of users, per-user clipping, discrete Gaussian noise), client level clips Δ and noises
+ * it. Before training, the round's spend (q, σ, steps) is admitted by the ledger against
+ * budget_epsilon: a round that would pass the budget is not trained and the coordinator is told
+ * (budget_exhausted) so it selects this client no more; the client then waits for the end. After
+ * the noise and before Δ leaves, the signed entry is appended (fsync'd) to the ledger and sent in
+ * the update header with any earlier entries the coordinator has not recorded yet. A round already
+ * in the ledger (spent, then a crash) is never trained again. */
 #ifndef FEDPROF_CLIENT_JOIN_H
 #define FEDPROF_CLIENT_JOIN_H
 
@@ -36,7 +45,14 @@ typedef struct {
     double give_up_s;               /* 0: retry forever; else fail after this long without progress */
     double max_backoff_s;           /* cap of the retry delay (default 10) */
     int quiet;
-    uint64_t noise_seed;            /* 0: noise from a RAND_bytes-keyed CSPRNG (production); tests only */
+    /* Privacy ledger (dp/ledger): the directory holding this partner's Ed25519 key
+     * (ledger-key.pem, created on first use) and one ledger per federation,
+     * FEDERATION_ID.ledger.jsonl. NULL: no ledger, and a federation that asks for DP is refused. */
+    const char *ledger_dir;
+    double budget_epsilon;          /* > 0: rounds whose projected ε passes it are refused; a DP
+                                       federation needs it */
+    uint64_t noise_seed;            /* 0: noise (and DP-SGD's sampling) from a RAND_bytes-keyed CSPRNG
+                                       (production); tests only */
     int stop_after_rounds;          /* tests: return after training this many rounds (0: never) */
     /* Tests: called with each update just before it is pushed (after clip + noise). */
     void (*on_update)(void *user, uint64_t round_id, uint64_t base_version, const float *w_global,
@@ -49,6 +65,9 @@ typedef struct {
     int rounds_trained;
     int updates_accepted;
     int updates_refused;
+    int rounds_skipped;             /* spent rounds not trained again after a restart */
+    int budget_exhausted;           /* 1 when the privacy budget stopped this client */
+    double epsilon;                 /* cumulative ε in the ledger (0 without DP) */
     int retries;
     uint64_t final_version;
     int evaluated;

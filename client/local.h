@@ -8,6 +8,7 @@
 
 #include <stdint.h>
 
+#include "client/dpsgd.h"
 #include "common/data.h"
 #include "common/errors.h"
 #include "common/model.h"
@@ -19,11 +20,23 @@ typedef struct {
     float lr, beta1, beta2, eps;
     float fedprox_mu;    /* >= 0 */
     uint64_t seed;       /* batches, negatives and dropout of this round */
+    /* Record-level DP-SGD (client/dpsgd.h): NULL for plain training. With it every step is a
+     * Poisson-sampled, per-user clipped, noised step of dp->expected_batch users on average
+     * (batch is not used); an epoch is dp->steps_per_epoch steps; the model must hold at least
+     * fp_dpsgd_max_batch(dp->expected_batch) rows. FedProx's term is data-independent, so it
+     * is added after the noise (post-processing). */
+    const fp_dpsgd_plan_t *dp;
+    uint64_t dp_seed;    /* with dp: 0 = sampling and noise from the CSPRNG (production); tests only */
 } fp_local_plan_t;
+
+/* Steps fp_local_train takes under DP (what the ledger must admit before training):
+ * epochs x dp->steps_per_epoch, capped by max_steps. */
+int64_t fp_local_dp_steps(const fp_local_plan_t *p);
 
 typedef struct {
     int64_t steps;
-    int64_t sequences;
+    int64_t sequences;   /* rows trained (under DP: users sampled) */
+    int64_t clipped;     /* DP: sampled users whose gradient was scaled down */
     double mean_loss;    /* over the round's steps */
     double seconds;
 } fp_local_report_t;

@@ -640,9 +640,9 @@ static int set_cfg_str(char *dst, const char *src, const char *flag)
 static int cmd_join(int argc, char **argv)
 {
     const char *config = NULL, *server = NULL, *data = NULL, *format = NULL, *ca = NULL, *cert = NULL, *key = NULL,
-               *name = NULL, *out = NULL;
+               *name = NULL, *out = NULL, *ledger_dir = NULL;
     int help = 0, insecure = 0, quiet = 0, json = 0, threads = 0, no_eval = 0;
-    float give_up = -1;
+    float give_up = -1, budget = -1;
     fp_opt_t opts[] = {
         {"server", FP_OPT_STR, &server, 0, 0, NULL, "coordinator HOST:PORT (client.server; required)"},
         {"data", FP_OPT_STR, &data, 0, 0, NULL, "your behaviour log; item ids must be the federation's 1..N (required)"},
@@ -654,6 +654,10 @@ static int cmd_join(int argc, char **argv)
         {"insecure", FP_OPT_FLAG, &insecure, 0, 0, NULL, "plaintext to a loopback coordinator (tests, demos)"},
         {"name", FP_OPT_STR, &name, 0, 0, NULL, "your identity with --insecure"},
         {"out", FP_OPT_STR, &out, 0, 0, NULL, "where the final global model is written (client.out)"},
+        {"ledger-dir", FP_OPT_STR, &ledger_dir, 0, 0, NULL,
+         "your privacy ledger and its signing key (client.ledger_dir; default: --out)"},
+        {"budget-epsilon", FP_OPT_FLOAT, &budget, 0, 1e6, NULL,
+         "your privacy budget: rounds that would pass it are refused (client.budget_epsilon)"},
         {"threads", FP_OPT_INT, &threads, 1, 256, NULL, "compute threads (default all cores)"},
         {"give-up", FP_OPT_FLOAT, &give_up, 0, 1e9, NULL, "fail after this many seconds without progress (0: never)"},
         {"no-eval", FP_OPT_FLAG, &no_eval, 0, 0, NULL, "do not evaluate the final model on your held-out items"},
@@ -678,10 +682,13 @@ static int cmd_join(int argc, char **argv)
         return fail("join");
     if (set_cfg_str(cfg.client.server, server, "server") || set_cfg_str(cfg.client.ca, ca, "ca") ||
         set_cfg_str(cfg.client.cert, cert, "cert") || set_cfg_str(cfg.client.key, key, "key") ||
-        set_cfg_str(cfg.client.name, name, "name") || set_cfg_str(cfg.client.out, out, "out"))
+        set_cfg_str(cfg.client.name, name, "name") || set_cfg_str(cfg.client.out, out, "out") ||
+        set_cfg_str(cfg.client.ledger_dir, ledger_dir, "ledger-dir"))
         return 2;
     if (insecure)
         cfg.client.insecure = 1;
+    if (budget >= 0)
+        cfg.client.budget_epsilon = budget;
     if (give_up >= 0)
         cfg.client.give_up_s = give_up;
     if (!cfg.client.server[0]) {
@@ -726,6 +733,8 @@ static int cmd_join(int argc, char **argv)
     o.data = d;
     o.threads = resolve_threads(threads);
     o.out_dir = cfg.client.out[0] ? cfg.client.out : NULL;
+    o.ledger_dir = cfg.client.ledger_dir[0] ? cfg.client.ledger_dir : o.out_dir;
+    o.budget_epsilon = cfg.client.budget_epsilon;
     o.eval_final = !no_eval;
     o.give_up_s = cfg.client.give_up_s;
     o.quiet = quiet;
@@ -733,9 +742,15 @@ static int cmd_join(int argc, char **argv)
     fp_status st = fp_join_run(&o, &rep);
     int rc = st == FP_OK ? 0 : fail("join");
     if (rc == 0 && !quiet)
+    {
         fprintf(stderr, "joined as %s: %d rounds trained, %d updates accepted, %d refused, %d retries, %.1f s\n",
                 rep.identity, rep.rounds_trained, rep.updates_accepted, rep.updates_refused, rep.retries,
                 rep.seconds);
+        if (rep.epsilon > 0 || rep.budget_exhausted)
+            fprintf(stderr, "privacy: epsilon %.4g spent of a budget of %g (delta as the federation set)%s; the "
+                            "ledger is in %s (check it with fedprof-audit verify)\n",
+                    rep.epsilon, o.budget_epsilon, rep.budget_exhausted ? ", budget reached" : "", o.ledger_dir);
+    }
     if (rc == 0 && json) {
         json_object *j = json_object_new_object();
         json_object_object_add(j, "identity", json_object_new_string(rep.identity));
@@ -743,6 +758,9 @@ static int cmd_join(int argc, char **argv)
         json_object_object_add(j, "updates_accepted", json_object_new_int(rep.updates_accepted));
         json_object_object_add(j, "updates_refused", json_object_new_int(rep.updates_refused));
         json_object_object_add(j, "retries", json_object_new_int(rep.retries));
+        json_object_object_add(j, "epsilon", json_object_new_double(rep.epsilon));
+        json_object_object_add(j, "budget_exhausted", json_object_new_boolean(rep.budget_exhausted));
+        json_object_object_add(j, "rounds_skipped", json_object_new_int(rep.rounds_skipped));
         json_object_object_add(j, "final_model_version", json_object_new_int64((int64_t)rep.final_version));
         if (rep.evaluated)
             add_eval_json(j, cfg.eval.k, &rep.final_eval, 0);

@@ -45,13 +45,14 @@
 /* Largest parameter count either side ever accepts (16 GiB of float32). */
 #define FP_TS_MAX_PARAMS ((uint64_t)1 << 32)
 /* Largest packed header or digest message the reader accepts (bytes). */
-#define FP_TS_SMALL_MSG_MAX 16384
+#define FP_TS_SMALL_MSG_MAX 65536
 /* Bytes a packed chunk message may hold beyond its data (tags, index, offset, lengths). */
 #define FP_TS_CHUNK_OVERHEAD 256
 /* Longest session token of an update header (bytes, without the NUL). */
 #define FP_TS_SESSION_MAX 64
-/* Longest ledger entry of an update header (bytes, without the NUL). */
-#define FP_TS_LEDGER_MAX 8192
+/* Longest ledger text of an update header (bytes, without the NUL): room for ~30 entries of about
+ * 1.5 KiB (a backlog of rounds whose updates never reached the coordinator, then this round's). */
+#define FP_TS_LEDGER_MAX 49152
 
 /* Which stream: ModelStreamMessage (PullModel) or UpdateStreamMessage (PushUpdate). */
 typedef enum { FP_TS_MODEL = 1, FP_TS_UPDATE = 2 } fp_ts_kind;

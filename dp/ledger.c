@@ -406,6 +406,34 @@ static fp_status read_small_file(const char *path, size_t max, char **data, size
     return FP_OK;
 }
 
+/* A key from PEM text (data[n], need not be NUL-terminated); what names it in messages. */
+static fp_status key_from_pem(const char *data, size_t n, const char *what, fp_ledger_key_t **out)
+{
+    if (n > MAX_KEY_FILE || n > (size_t)INT_MAX)
+        return FP_FAIL(FP_ERR_FORMAT, "%s: %zu bytes is not a key", what, n);
+    char *z = malloc(n + 1);
+    if (!z)
+        return FP_FAIL(FP_ERR_NOMEM, "%s", what);
+    memcpy(z, data, n);
+    z[n] = '\0';
+    int priv = strstr(z, "-----BEGIN PRIVATE KEY-----") != NULL;
+    int pub = strstr(z, "-----BEGIN PUBLIC KEY-----") != NULL;
+    OPENSSL_cleanse(z, n);
+    free(z);
+    if (priv == pub)
+        return FP_FAIL(FP_ERR_FORMAT, "%s: expected one PEM \"PRIVATE KEY\" or \"PUBLIC KEY\" block (Ed25519)", what);
+    BIO *bio = BIO_new_mem_buf(data, (int)n);
+    if (!bio)
+        return ossl_fail(FP_ERR_NOMEM, what);
+    EVP_PKEY *pkey = priv ? PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL)
+                          : PEM_read_bio_PUBKEY(bio, NULL, no_passphrase, NULL);
+    BIO_free(bio);
+    if (!pkey)
+        return ossl_fail(FP_ERR_FORMAT, what);
+    ERR_clear_error();
+    return key_wrap(pkey, priv, what, out);
+}
+
 fp_status fp_ledger_key_load(const char *pem_path, fp_ledger_key_t **out)
 {
     if (!pem_path || !out)
@@ -418,27 +446,48 @@ fp_status fp_ledger_key_load(const char *pem_path, fp_ledger_key_t **out)
         return st;
     char what[300];
     snprintf(what, sizeof what, "%s", pem_path);
-    int priv = strstr(data, "-----BEGIN PRIVATE KEY-----") != NULL;
-    int pub = strstr(data, "-----BEGIN PUBLIC KEY-----") != NULL;
-    if (priv == pub) {
-        free(data);
-        return FP_FAIL(FP_ERR_FORMAT, "%s: expected one PEM \"PRIVATE KEY\" or \"PUBLIC KEY\" block (Ed25519)",
-                       pem_path);
-    }
-    BIO *bio = BIO_new_mem_buf(data, (int)n);
-    if (!bio) {
-        free(data);
-        return ossl_fail(FP_ERR_NOMEM, what);
-    }
-    EVP_PKEY *pkey = priv ? PEM_read_bio_PrivateKey(bio, NULL, no_passphrase, NULL)
-                          : PEM_read_bio_PUBKEY(bio, NULL, no_passphrase, NULL);
-    BIO_free(bio);
+    st = key_from_pem(data, n, what, out);
     OPENSSL_cleanse(data, n);
     free(data);
-    if (!pkey)
-        return ossl_fail(FP_ERR_FORMAT, what);
-    ERR_clear_error();
-    return key_wrap(pkey, priv, what, out);
+    return st;
+}
+
+fp_status fp_ledger_key_from_public_pem(const char *pem, size_t n, fp_ledger_key_t **out)
+{
+    if (!pem || !out)
+        return FP_FAIL(FP_ERR_INVALID, "key_from_public_pem: NULL argument");
+    *out = NULL;
+    fp_status st = key_from_pem(pem, n, "public key PEM", out);
+    if (st == FP_OK && (*out)->priv) {
+        fp_ledger_key_free(*out);
+        *out = NULL;
+        return FP_FAIL(FP_ERR_FORMAT, "public key PEM: a private key was given where a public key was expected");
+    }
+    return st;
+}
+
+fp_status fp_ledger_key_public_pem(const fp_ledger_key_t *key, char **pem)
+{
+    if (!key || !pem)
+        return FP_FAIL(FP_ERR_INVALID, "key_public_pem: NULL argument");
+    *pem = NULL;
+    BIO *bio = BIO_new(BIO_s_mem());
+    if (!bio)
+        return ossl_fail(FP_ERR_NOMEM, "public key PEM");
+    if (PEM_write_bio_PUBKEY(bio, key->pkey) != 1) {
+        BIO_free(bio);
+        return ossl_fail(FP_ERR_FORMAT, "public key PEM");
+    }
+    char *p = NULL;
+    long len = BIO_get_mem_data(bio, &p);
+    if (len <= 0 || !p || !(*pem = malloc((size_t)len + 1))) {
+        BIO_free(bio);
+        return FP_FAIL(FP_ERR_NOMEM, "public key PEM");
+    }
+    memcpy(*pem, p, (size_t)len);
+    (*pem)[len] = '\0';
+    BIO_free(bio);
+    return FP_OK;
 }
 
 fp_status fp_ledger_key_from_hex(const char *hex, fp_ledger_key_t **out)

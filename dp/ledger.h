@@ -63,6 +63,11 @@ fp_status fp_ledger_key_generate(fp_ledger_key_t **out);
  * Encrypted keys are refused (no passphrase prompt). FP_ERR_NOT_FOUND (no file), FP_ERR_IO,
  * FP_ERR_FORMAT (not PEM, not Ed25519). Free with fp_ledger_key_free. */
 fp_status fp_ledger_key_load(const char *pem_path, fp_ledger_key_t **out);
+/* A public-only key from the PEM text of a public key (pem[n]; what a client sends in Join).
+ * FP_ERR_FORMAT for anything else, a private key included. */
+fp_status fp_ledger_key_from_public_pem(const char *pem, size_t n, fp_ledger_key_t **out);
+/* The public key as PEM text ("-----BEGIN PUBLIC KEY-----..."), malloc'd, NUL-terminated; free(). */
+fp_status fp_ledger_key_public_pem(const fp_ledger_key_t *key, char **pem);
 /* A public-only key from 64 lowercase hex digits (the raw 32-byte key, as entries record it). */
 fp_status fp_ledger_key_from_hex(const char *hex, fp_ledger_key_t **out);
 /* Write dir/ledger-key.pem (private, mode 0600) and dir/ledger-key.pub.pem (0644); dir must

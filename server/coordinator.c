@@ -22,6 +22,7 @@
 #include "common/params.h"
 #include "common/rng.h"
 #include "common/tensor_stream.h"
+#include "dp/ledger.h"
 #include "fedprof.pb-c.h"
 
 #define COORD_MAX_MEMBERS 100000
@@ -32,12 +33,13 @@
 #define COORD_POLL_INTERVAL_MS 200
 #define COORD_STATE_FILE "coordinator.safetensors"
 #define COORD_MODEL_FILE "model.safetensors"
+#define COORD_LEDGER_FILE "federation-ledger.jsonl"
 #define COORD_N_REASONS 16
 
 typedef struct {
     char identity[FP_WIRE_IDENTITY_MAX];
     char session[COORD_SESSION_HEX + 1];
-    char *pubkey;            /* ledger public key PEM from Join (may be NULL) */
+    fp_ledger_key_t *lkey;   /* its ledger key, from the PEM in Join (NULL: none given) */
     double last_seen;        /* fp_now() of its last request; 0: not seen since (re)start */
     uint64_t selected_round; /* round id it was selected for (0: none) */
     uint64_t pushed_round;   /* round id whose update was accepted */
@@ -87,6 +89,10 @@ struct fp_coord {
     pthread_mutex_t agg_mu; /* the aggregator */
     fp_agg_t *agg;
     fp_sopt_t *sopt;
+
+    pthread_mutex_t ledger_mu; /* the federation ledger (a DP federation; NULL otherwise) */
+    fp_ledger_fed_t *fed;
+    fp_ledger_key_t *fed_key;
 };
 
 /* ---- helpers ------------------------------------------------------------------------------------ */
@@ -136,6 +142,7 @@ static const char *reason_name(int r)
     case FEDPROF__V1__REJECT_REASON__REJECT_REASON_DIGEST: return "DIGEST";
     case FEDPROF__V1__REJECT_REASON__REJECT_REASON_VERSION: return "VERSION";
     case FEDPROF__V1__REJECT_REASON__REJECT_REASON_UNKNOWN_IDENTITY: return "UNKNOWN_IDENTITY";
+    case FEDPROF__V1__REJECT_REASON__REJECT_REASON_LEDGER: return "LEDGER";
     default: return "UNSPECIFIED";
     }
 }
@@ -152,6 +159,7 @@ static int reason_code(int r)
     case FEDPROF__V1__REJECT_REASON__REJECT_REASON_DIGEST: return FP_WIRE_DATA_LOSS;
     case FEDPROF__V1__REJECT_REASON__REJECT_REASON_VERSION: return FP_WIRE_FAILED_PRECONDITION;
     case FEDPROF__V1__REJECT_REASON__REJECT_REASON_UNKNOWN_IDENTITY: return FP_WIRE_UNAUTHENTICATED;
+    case FEDPROF__V1__REJECT_REASON__REJECT_REASON_LEDGER: return FP_WIRE_FAILED_PRECONDITION;
     default: return FP_WIRE_INVALID_ARGUMENT; /* malformed, non-finite, clip bound */
     }
 }
@@ -306,9 +314,15 @@ static void on_join(fp_wire_call_t *call, void *user)
             snprintf(id, sizeof id, "%s", cert_id);
         }
     }
+    fp_ledger_key_t *lkey = NULL;
     if (code == FP_WIRE_OK && req->ledger_public_key_pem && strlen(req->ledger_public_key_pem) > COORD_PUBKEY_MAX) {
         code = FP_WIRE_INVALID_ARGUMENT;
         msg = "ledger_public_key_pem too long";
+    } else if (code == FP_WIRE_OK && req->ledger_public_key_pem && req->ledger_public_key_pem[0] &&
+               fp_ledger_key_from_public_pem(req->ledger_public_key_pem, strlen(req->ledger_public_key_pem), &lkey) !=
+                   FP_OK) {
+        code = FP_WIRE_INVALID_ARGUMENT;
+        msg = "ledger_public_key_pem is not an Ed25519 public key in PEM";
     }
     unsigned char raw[COORD_SESSION_HEX / 2];
     char session[COORD_SESSION_HEX + 1];
@@ -337,12 +351,12 @@ static void on_join(fp_wire_call_t *call, void *user)
             memcpy(m->session, session, sizeof session);
             m->last_seen = now;
             m->examples_bucket = (uint32_t)(req->num_examples_bucket > 64 ? 64 : req->num_examples_bucket);
-            if (req->ledger_public_key_pem && req->ledger_public_key_pem[0]) {
-                char *pk = dup_str(req->ledger_public_key_pem);
-                if (pk) {
-                    free(m->pubkey);
-                    m->pubkey = pk;
-                }
+            if (lkey) {
+                pthread_mutex_lock(&c->ledger_mu); /* a push may be checking with the old key */
+                fp_ledger_key_free(m->lkey);
+                m->lkey = lkey;
+                lkey = NULL;
+                pthread_mutex_unlock(&c->ledger_mu);
             }
             /* m->pushing stays: a push still in flight ends by itself and clears it, so a
              * re-joined client cannot have two updates of one round in the aggregate */
@@ -351,6 +365,7 @@ static void on_join(fp_wire_call_t *call, void *user)
         pthread_mutex_unlock(&c->mu);
     }
     fedprof__v1__join_request__free_unpacked(req, NULL);
+    fp_ledger_key_free(lkey);
     if (code != FP_WIRE_OK) {
         fp_wire_call_finish(call, code, msg, NULL, 0);
         return;
@@ -365,6 +380,12 @@ static void on_join(fp_wire_call_t *call, void *user)
     resp.model_config_json = c->config_json;
     resp.n_items = (uint64_t)c->o.model_cfg.model.n_items;
     resp.total_rounds = (uint64_t)c->o.rounds;
+    resp.ledger_next_seq = 1;
+    if (c->fed) {
+        pthread_mutex_lock(&c->ledger_mu);
+        resp.ledger_next_seq = fp_ledger_fed_next_seq(c->fed, id);
+        pthread_mutex_unlock(&c->ledger_mu);
+    }
     finish_packed(call, &resp.base);
 }
 
@@ -633,6 +654,77 @@ static double noise_allowance(const fp_ts_header_t *h, size_t P)
     return s * (sqrt((double)P) + 10.0) + 0.5 * fabs(h->noise.granularity) * sqrt((double)P);
 }
 
+/* A DP federation: record the update's ledger entries (h->ledger_entry: '\n'-separated lines, the
+ * client's entries from what this ledger has of it, the last one for this round) in the federation
+ * ledger before the update may be aggregated: each is verified (signature by the key the client
+ * joined with, its chain, ε recomputed, within its budget) and countersigned; lines already
+ * recorded are skipped. The last must be this round's, from this model version, with this
+ * federation's unit, noise (σ accounted ≥ the plan's less the grid's 0.2 % widening), clip and δ.
+ * Returns 0, or -1 with detail set; *over_budget = 1 when the client passed its own budget. */
+static int record_ledger(fp_coord_t *c, const member_t *m, const fp_ts_header_t *h, uint64_t round_id,
+                         char *detail, size_t dn, int *over_budget)
+{
+    *over_budget = 0;
+    const fp_coord_plan_t *p = &c->o.plan;
+    const char *text = h->ledger_entry;
+    if (!text[0]) {
+        snprintf(detail, dn, "this federation trains with differential privacy: the update must carry the "
+                 "client's signed privacy-ledger entry for round %" PRIu64, round_id);
+        return -1;
+    }
+    int rc = 0;
+    pthread_mutex_lock(&c->ledger_mu);
+    if (!m->lkey) {
+        snprintf(detail, dn, "%s joined without a ledger public key: its entries cannot be verified", m->identity);
+        rc = -1;
+    }
+    int64_t next = rc ? 0 : fp_ledger_fed_next_seq(c->fed, m->identity);
+    const char *line = text;
+    int last = 0;
+    while (!rc && !last) {
+        const char *nl = strchr(line, '\n');
+        size_t len = nl ? (size_t)(nl - line) : strlen(line);
+        last = !nl;
+        fp_ledger_entry_t e;
+        if (fp_ledger_entry_parse(line, len, &e) != FP_OK) {
+            snprintf(detail, dn, "ledger entry: %s", fp_error_message());
+            rc = -1;
+            break;
+        }
+        const fp_ledger_spend_t *sp = &e.spend;
+        int unit_ok = (p->unit == FP_UNIT_RECORD && sp->unit == FP_LEDGER_UNIT_RECORD) ||
+                      (p->unit == FP_UNIT_CLIENT && sp->unit == FP_LEDGER_UNIT_CLIENT);
+        if (strcmp(e.client, m->identity) != 0) {
+            snprintf(detail, dn, "ledger entry of '%s' sent by '%s'", e.client, m->identity);
+            rc = -1;
+        } else if (!unit_ok || !(sp->sigma >= p->noise_multiplier * (1.0 - 2e-3)) ||
+                   !(sp->clip <= p->clip * (1 + 1e-6)) || !(fabs(sp->delta - p->delta) <= 1e-6 * p->delta)) {
+            snprintf(detail, dn, "ledger entry %" PRId64 " (unit %s, sigma %g, clip %g, delta %g) does not follow "
+                     "this federation's plan (unit %s, noise multiplier %g, clip %g, delta %g)", e.seq,
+                     fp_ledger_unit_name(sp->unit), sp->sigma, sp->clip, sp->delta,
+                     p->unit == FP_UNIT_RECORD ? "record" : "client", p->noise_multiplier, p->clip, p->delta);
+            rc = -1;
+        } else if (last && (sp->round != (int64_t)round_id || sp->model_version != (int64_t)h->model_version)) {
+            snprintf(detail, dn, "the last ledger entry is for round %" PRId64 " (model version %" PRId64 "), not "
+                     "for this update's round %" PRIu64 " (version %" PRIu64 ")", sp->round, sp->model_version,
+                     round_id, h->model_version);
+            rc = -1;
+        } else if (e.seq >= next - 1) { /* older lines are recorded already; next - 1 may be a retry */
+            fp_status st = fp_ledger_fed_append(c->fed, line, len, m->lkey, NULL, NULL);
+            if (st != FP_OK) {
+                *over_budget = st == FP_ERR_RANGE;
+                snprintf(detail, dn, "ledger entry %" PRId64 " (round %" PRId64 ") refused: %s", e.seq, sp->round,
+                         fp_error_message());
+                rc = -1;
+            }
+        }
+        fp_ledger_entry_clear(&e);
+        line = nl ? nl + 1 : line;
+    }
+    pthread_mutex_unlock(&c->ledger_mu);
+    return rc;
+}
+
 static void on_push(fp_wire_call_t *call, void *user)
 {
     fp_coord_t *c = user;
@@ -758,6 +850,18 @@ static void on_push(fp_wire_call_t *call, void *user)
             reason = FEDPROF__V1__REJECT_REASON__REJECT_REASON_CLIP_BOUND;
             snprintf(detail, sizeof detail, "L2 norm %.6g above the declared clip bound %g (allowing %.6g for noise)",
                      norm, h->clip_bound, bound - h->clip_bound * (1 + 1e-6));
+            goto refuse;
+        }
+    }
+    if (c->fed) {
+        int over_budget = 0;
+        if (record_ledger(c, m, h, round_id, detail, sizeof detail, &over_budget) != 0) {
+            reason = FEDPROF__V1__REJECT_REASON__REJECT_REASON_LEDGER;
+            if (over_budget) {
+                pthread_mutex_lock(&c->mu);
+                m->exhausted = 1;
+                pthread_mutex_unlock(&c->mu);
+            }
             goto refuse;
         }
     }
@@ -1179,6 +1283,25 @@ static fp_status ensure_dir(const char *dir)
     return FP_FAIL(FP_ERR_IO, "cannot create directory %s: %s", dir, strerror(errno));
 }
 
+/* A DP federation keeps DIR/federation-ledger.jsonl, countersigned with DIR/ledger-key.pem
+ * (created on first use). */
+static fp_status open_fed_ledger(fp_coord_t *c)
+{
+    int created = 0;
+    fp_status st = fp_ledger_key_load_or_create(c->ckpt_dir, &c->fed_key, &created);
+    if (st != FP_OK)
+        return st;
+    char path[4096];
+    if ((size_t)snprintf(path, sizeof path, "%s/%s", c->ckpt_dir, COORD_LEDGER_FILE) >= sizeof path)
+        return FP_FAIL(FP_ERR_RANGE, "path too long: %s", c->ckpt_dir);
+    if ((st = fp_ledger_fed_open(path, c->fed_key, &c->fed)) != FP_OK)
+        return st;
+    if (!c->o.quiet)
+        fp_log_info("federation privacy ledger %s: %" PRId64 " entries; countersigned with %s/%s%s", path,
+                    fp_ledger_fed_entries(c->fed), c->ckpt_dir, FP_LEDGER_PUBKEY_FILE, created ? " (new key)" : "");
+    return FP_OK;
+}
+
 fp_status fp_coord_create(const fp_coord_opts_t *o, fp_coord_t **out)
 {
     if (!o || !out)
@@ -1195,6 +1318,7 @@ fp_status fp_coord_create(const fp_coord_opts_t *o, fp_coord_t **out)
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
     pthread_mutex_init(&c->agg_mu, NULL);
+    pthread_mutex_init(&c->ledger_mu, NULL);
     c->phase = FEDPROF__V1__ROUND_PHASE__ROUND_PHASE_WAITING;
     fp_model_t *m = NULL;
     c->listen = dup_str(o->listen);
@@ -1237,6 +1361,8 @@ fp_status fp_coord_create(const fp_coord_opts_t *o, fp_coord_t **out)
         st = FP_FAIL(FP_ERR_NOMEM, "receive slots");
         goto fail;
     }
+    if (o->plan.unit != FP_UNIT_NONE && (st = open_fed_ledger(c)) != FP_OK)
+        goto fail;
     int found = 0;
     if ((st = load_state(c, &found)) != FP_OK)
         goto fail;
@@ -1291,7 +1417,7 @@ void fp_coord_destroy(fp_coord_t *c)
     }
     free(c->slots);
     for (int i = 0; i < c->n_members; i++) {
-        free(c->members[i]->pubkey);
+        fp_ledger_key_free(c->members[i]->lkey);
         free(c->members[i]);
     }
     free(c->members);
@@ -1303,6 +1429,9 @@ void fp_coord_destroy(fp_coord_t *c)
     free(c->listen);
     free(c->ckpt_dir);
     free(c->federation_id);
+    fp_ledger_fed_close(c->fed);
+    fp_ledger_key_free(c->fed_key);
+    pthread_mutex_destroy(&c->ledger_mu);
     pthread_mutex_destroy(&c->agg_mu);
     pthread_cond_destroy(&c->cv);
     pthread_mutex_destroy(&c->mu);
@@ -1434,8 +1563,18 @@ fp_status fp_coord_run(fp_coord_t *c)
         /* WAITING */
         c->phase = FEDPROF__V1__ROUND_PHASE__ROUND_PHASE_WAITING;
         pthread_cond_broadcast(&c->cv);
-        while (!atomic_load(&c->stop) && live_count(c, fp_now()) < o->min_clients)
+        int warned = 0;
+        while (!atomic_load(&c->stop) && live_count(c, fp_now()) < o->min_clients) {
+            int exhausted = 0;
+            for (int i = 0; i < c->n_members; i++)
+                exhausted += c->members[i]->exhausted;
+            if (exhausted && !warned && !o->quiet) {
+                fp_log_warn("waiting for members: %d can train, %d have spent their privacy budget, %d needed "
+                            "(min_clients)", live_count(c, fp_now()), exhausted, o->min_clients);
+                warned = 1;
+            }
             timed_wait(&c->cv, &c->mu, 100);
+        }
         if (atomic_load(&c->stop))
             break;
         /* SELECT */

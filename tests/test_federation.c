@@ -41,6 +41,7 @@
 #include "common/params.h"
 #include "common/tensor_stream.h"
 #include "common/wire.h"
+#include "dp/ledger.h"
 #include "fedprof.pb-c.h"
 #include "server/coordinator.h"
 
@@ -855,6 +856,158 @@ static void test_dropout_deadline(void **state)
     rm_rf(ckpt);
 }
 
+/* ---- differential privacy: record-level DP-SGD, ledgers, budget admission ---- */
+
+static void ledger_dir_of(char *out, size_t n, const char *base, int i)
+{
+    snprintf(out, n, "%s/ledger-p%d", base, i);
+}
+
+static void test_dp_ledger(void **state)
+{
+    (void)state;
+    data_setup();
+    char ckpt[128], tmp[128];
+    mktmp(ckpt, sizeof ckpt, "ckpt");
+    mktmp(tmp, sizeof tmp, "ledgers");
+    fp_wire_creds_t *sc = NULL;
+    assert_int_equal(fp_wire_creds_insecure(&sc), FP_OK);
+    fp_coord_opts_t o;
+    coord_defaults(&o, ckpt);
+    o.creds = sc;
+    o.insecure = 1;
+    o.rounds = 3;
+    o.clients_per_round = 3;
+    o.min_clients = 2;
+    o.min_updates = 2;
+    o.round_timeout_s = 30;
+    o.plan.unit = FP_UNIT_RECORD;
+    o.plan.clip = 1.0;
+    o.plan.noise_multiplier = 1.0;
+    o.plan.delta = 1e-5;
+    coord_run_t cr;
+    coord_start(&cr, &o);
+    int port = fp_coord_port(cr.c);
+    client_t cl[3];
+    static const char *const names[3] = {"p0", "p1", "p2"};
+    static char dirs[3][200];
+    const double budgets[3] = {1000.0, 1000.0, 0.5}; /* p2 cannot afford a single round */
+    for (int i = 0; i < 3; i++) {
+        client_init(&cl[i], i, port, NULL, names[i]);
+        ledger_dir_of(dirs[i], sizeof dirs[i], tmp, i);
+        cl[i].o.ledger_dir = dirs[i];
+        cl[i].o.budget_epsilon = budgets[i];
+    }
+    for (int i = 2; i >= 0; i--) /* p2 first: it is a member when round 1 or 2 selects */
+        client_start(&cl[i]);
+    for (int i = 0; i < 3; i++) {
+        pthread_join(cl[i].th, NULL);
+        if (cl[i].st != FP_OK)
+            print_error("p%d: %s\n", i, cl[i].err);
+        assert_int_equal(cl[i].st, FP_OK);
+    }
+    coord_join(&cr);
+    assert_int_equal(cr.st, FP_OK);
+    fp_coord_stats_t s;
+    fp_coord_stats(cr.c, &s);
+    assert_int_equal((int)s.committed, 3);
+    assert_int_equal((int)REJ(s, LEDGER), 0);
+    /* p2 refused to train: its budget could not pay for a round; it still got the final model */
+    assert_int_equal(cl[2].rep.rounds_trained, 0);
+    assert_int_equal(cl[2].rep.budget_exhausted, 1);
+    assert_int_equal(cl[2].rep.final_version, 4);
+    int trained = 0;
+    for (int i = 0; i < 2; i++) {
+        assert_true(cl[i].rep.rounds_trained >= 3);
+        assert_int_equal(cl[i].rep.budget_exhausted, 0);
+        assert_true(cl[i].rep.epsilon > 0 && cl[i].rep.epsilon < budgets[i]);
+        trained += cl[i].rep.rounds_trained;
+        /* the client's own ledger verifies and holds one entry per trained round */
+        char path[700];
+        snprintf(path, sizeof path, "%s/fedprof.ledger.jsonl", dirs[i]);
+        fp_ledger_report_t *rep = NULL;
+        assert_int_equal(fp_ledger_verify_file(path, NULL, &rep), FP_OK);
+        assert_int_equal((int)rep->n_rows, cl[i].rep.rounds_trained);
+        assert_true(fabs(rep->clients[0].eps - cl[i].rep.epsilon) <= 1e-9 * cl[i].rep.epsilon);
+        assert_int_equal(rep->rows[0].spend.unit, FP_LEDGER_UNIT_RECORD);
+        assert_true(rep->rows[0].spend.q > 0 && rep->rows[0].spend.q < 1); /* Poisson sampling of users */
+        fp_ledger_report_free(rep);
+    }
+    /* the federation ledger holds every spend, countersigned, and verifies offline */
+    char fpath[300];
+    snprintf(fpath, sizeof fpath, "%s/federation-ledger.jsonl", ckpt);
+    fp_ledger_report_t *fr = NULL;
+    assert_int_equal(fp_ledger_verify_file(fpath, NULL, &fr), FP_OK);
+    assert_int_equal(fr->kind, FP_LEDGER_KIND_FEDERATION);
+    assert_int_equal((int)fr->n_rows, trained);
+    assert_int_equal((int)fr->n_clients, 2);
+    fp_ledger_report_free(fr);
+    fp_coord_destroy(cr.c);
+    fp_wire_creds_destroy(sc);
+    for (int i = 0; i < 3; i++)
+        client_free(&cl[i]);
+    rm_rf(ckpt);
+    rm_rf(tmp);
+}
+
+/* A DP federation refuses updates without a valid ledger entry (LEDGER, FAILED_PRECONDITION). */
+static void test_dp_ledger_refusals(void **state)
+{
+    (void)state;
+    data_setup();
+    char ckpt[128];
+    mktmp(ckpt, sizeof ckpt, "ckpt");
+    fp_wire_creds_t *sc = NULL;
+    assert_int_equal(fp_wire_creds_insecure(&sc), FP_OK);
+    fp_coord_opts_t o;
+    coord_defaults(&o, ckpt);
+    o.creds = sc;
+    o.insecure = 1;
+    o.rounds = 1;
+    o.clients_per_round = 1;
+    o.min_clients = 1;
+    o.plan.unit = FP_UNIT_CLIENT;
+    o.plan.clip = 1.0;
+    o.plan.noise_multiplier = 1.0;
+    coord_run_t cr;
+    coord_start(&cr, &o);
+    int port = fp_coord_port(cr.c);
+    raw_t k;
+    raw_open(&k, port);
+    raw_join(&k, "k");
+    uint64_t round_id, version, layout;
+    size_t P;
+    assert_true(raw_wait_train(&k, &round_id, &version, &P, &layout));
+    float *zero = calloc(P, sizeof *zero);
+    assert_non_null(zero);
+    fp_ts_header_t *h = malloc(sizeof *h);
+    assert_non_null(h);
+    msgs_t m;
+    /* no ledger entry at all */
+    upd_header(h, &k, round_id, version, P, layout, 1.0);
+    msgs_make(&m, h, zero);
+    assert_int_equal(raw_push(&k, &m), FP_WIRE_FAILED_PRECONDITION);
+    msgs_free(&m);
+    /* not a ledger entry */
+    upd_header(h, &k, round_id, version, P, layout, 1.0);
+    snprintf(h->ledger_entry, sizeof h->ledger_entry, "{\"v\":1,\"client\":\"k\"}");
+    msgs_make(&m, h, zero);
+    assert_int_equal(raw_push(&k, &m), FP_WIRE_FAILED_PRECONDITION);
+    msgs_free(&m);
+    fp_coord_stats_t s;
+    fp_coord_stats(cr.c, &s);
+    assert_int_equal((int)REJ(s, LEDGER), 2);
+    assert_int_equal((int)s.accepted, 0);
+    fp_coord_stop(cr.c);
+    coord_join(&cr);
+    raw_close(&k);
+    fp_coord_destroy(cr.c);
+    fp_wire_creds_destroy(sc);
+    free(zero);
+    free(h);
+    rm_rf(ckpt);
+}
+
 static int teardown_all(void **state)
 {
     (void)state;
@@ -870,6 +1023,8 @@ int main(void)
         cmocka_unit_test(test_mtls_fedavg),
         cmocka_unit_test(test_hostile_updates),
         cmocka_unit_test(test_dropout_deadline),
+        cmocka_unit_test(test_dp_ledger),
+        cmocka_unit_test(test_dp_ledger_refusals),
     };
     return cmocka_run_group_tests(tests, NULL, teardown_all);
 }

@@ -639,7 +639,7 @@ static void test_order_refusals(void **state)
         /* and a big first message */
         write_stream(&h, x, &s);
         stream_set(&s, 0, calloc(1, 100000), 100000);
-        expect_refused(&o, &s, 0, FP_ERR_PARSE, FP_TS_REJECT_MALFORMED, "a header (at most 16384 bytes) was expected");
+        expect_refused(&o, &s, 0, FP_ERR_PARSE, FP_TS_REJECT_MALFORMED, "a header (at most 65536 bytes) was expected");
         stream_free(&s);
 
         /* digest after 2 of 4 chunks */
