@@ -81,7 +81,7 @@ enum {
 
 typedef struct {
     int on;
-    char name[96];
+    char name[160];
     double sec[MAX_SIZES][MAX_REPS];
     double cpu[MAX_SIZES][MAX_REPS]; /* process CPU seconds (user + system, all threads) */
 } path_t;

@@ -117,7 +117,8 @@ typedef struct {
         char name[FP_CONFIG_STR_MAX + 1];       /* identity when insecure, default "" */
         char out[FP_CONFIG_STR_MAX + 1];        /* where the final model goes, default "runs/joined" */
         char ledger_dir[FP_CONFIG_STR_MAX + 1]; /* privacy ledger and key, default "" = out */
-        float budget_epsilon;                   /* refuse rounds past this epsilon; 0 (default) = no limit */
+        float budget_epsilon;                   /* refuse rounds past this epsilon; 0 (default) = not set: a
+                                                   private federation is then refused */
         float give_up_s;                        /* 0 (default): retry forever */
     } client;
 } fp_config_t;
