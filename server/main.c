@@ -175,6 +175,22 @@ static int cmd_run(int argc, char **argv)
                         "(partners' item ids are 1..N)\n");
         return 2;
     }
+    /* Partners rank each held-out item against eval.negatives sampled ones at the very end; a
+     * catalogue that small would fail every partner after the last round, so refuse it now. */
+    if (cfg.eval.negatives >= cfg.server.n_items) {
+        fprintf(stderr, "fedprof-server: error: eval.negatives (%d) must be smaller than the item catalogue "
+                        "(--n-items %d): partners evaluate the final model against that many sampled items; "
+                        "lower eval.negatives in --config\n", cfg.eval.negatives, cfg.server.n_items);
+        return 2;
+    }
+    /* Plaintext is refused off loopback by common/wire too, but only after the checkpoint dir was
+     * made and the model built: say it before touching anything. */
+    if (cfg.server.insecure && !fp_wire_addr_is_loopback(cfg.server.listen)) {
+        fprintf(stderr, "fedprof-server: error: --insecure (plaintext) is only allowed on a loopback address "
+                        "(127.0.0.1:PORT, [::1]:PORT, localhost:PORT), not %s: use --ca/--cert/--key for TLS\n",
+                cfg.server.listen);
+        return 2;
+    }
     fp_strategy_kind kind;
     if (fp_strategy_parse(cfg.server.strategy, &kind) != FP_OK)
         return fail("run");

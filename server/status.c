@@ -120,6 +120,10 @@ fp_status fp_server_status_print(const char *target, const fp_wire_creds_t *cred
     char msg[FP_WIRE_STATUS_MSG_MAX] = "";
     st = fp_wire_call_unary(ch, FP_WIRE_METHOD_STATUS, buf, n, timeout_ms, &resp, &rn, &code, msg);
     fp_wire_channel_destroy(ch);
+    if (st != FP_OK && (code == FP_WIRE_UNAVAILABLE || code == FP_WIRE_DEADLINE_EXCEEDED))
+        return FP_FAIL(FP_ERR_IO, "no coordinator answered at %s within %.1f s (%s): is it running there, and "
+                       "is it plaintext (--insecure) or TLS like this command?", target, timeout_ms / 1000.0,
+                       fp_wire_code_name(code));
     if (st != FP_OK)
         return FP_FAIL(FP_ERR_IO, "Status from %s: %s%s%s", target, fp_wire_code_name(code), msg[0] ? ": " : "",
                        msg[0] ? msg : "");

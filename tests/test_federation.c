@@ -11,8 +11,11 @@
  *    status and counted, and the round still completes;
  *  - a selected client that disappears mid-round: the round completes with the others after the
  *    deadline;
- *  - the coordinator process killed with SIGKILL mid-round and restarted on the same checkpoint
- *    directory: the clients carry on and training ends with the configured number of rounds.
+ *  - a private federation (record-level DP-SGD): every spend is in the partners' signed ledgers and
+ *    the coordinator's countersigned one, both verify offline; a partner whose budget cannot pay
+ *    for a round never trains and still gets the final model; updates without a valid ledger entry
+ *    are refused (LEDGER).
+ * The coordinator process killed with SIGKILL and restarted is tests/test_federation_proc.c.
  * Everything started here is stopped here. */
 #include <setjmp.h>
 #include <stdarg.h>
