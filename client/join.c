@@ -905,8 +905,8 @@ static fp_status task_loop(join_t *j)
                     j->exhausted = 1;
                     j->rep->budget_exhausted = 1;
                 } else if (dec == PRIV_SPENT) {
-                    /* Spent before a restart, and the update is gone: never trained twice. Wait
-                     * for the round to end rather than ask again at once. */
+                    /* Spent before a restart, and the update is gone: never trained twice. Ask
+                     * again after a short pause: the round ends at its deadline. */
                     if (j->skipped_round != round) {
                         j->skipped_round = round;
                         j->rep->rounds_skipped++;
@@ -914,7 +914,7 @@ static fp_status task_loop(join_t *j)
                             fp_log_warn("round %" PRIu64 " is already in the privacy ledger (spent before a "
                                         "restart): not training it again", round);
                     }
-                    sleep_s(JOIN_POLL_WAIT_MS / 2000.0);
+                    sleep_s(0.5);
                 } else if ((st = rpc_pull(j, round, version, &got, &code)) != FP_OK) {
                     if (transient(code) || code == FP_WIRE_ABORTED || code == FP_WIRE_UNAUTHENTICATED) {
                         if (code == FP_WIRE_UNAUTHENTICATED)

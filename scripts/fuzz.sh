@@ -13,7 +13,7 @@ if ! [[ "$secs" =~ ^[0-9]+$ ]] || [ "$secs" -lt 1 ]; then
     exit 2
 fi
 shift
-all=(fuzz_tensor_stream fuzz_proto fuzz_safetensors fuzz_data fuzz_config)
+all=(fuzz_tensor_stream fuzz_proto fuzz_safetensors fuzz_data fuzz_config fuzz_ledger)
 targets=("$@")
 [ ${#targets[@]} -eq 0 ] && targets=("${all[@]}")
 

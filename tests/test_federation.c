@@ -1011,6 +1011,83 @@ static void test_dp_ledger_refusals(void **state)
     rm_rf(ckpt);
 }
 
+/* A partner that crashed after recording round 1's spend but before its update left: restarted, it
+ * does not train round 1 again (the spend stands, nothing is spent twice); it trains the next
+ * round and sends the unsent entry with it, so the federation ledger has both, in order. */
+static void test_dp_spent_round_not_retrained(void **state)
+{
+    (void)state;
+    data_setup();
+    char ckpt[128], tmp[128];
+    mktmp(ckpt, sizeof ckpt, "ckpt");
+    mktmp(tmp, sizeof tmp, "ledger");
+    /* the ledger as the crash left it: round 1 spent at model version 1 */
+    fp_ledger_key_t *key = NULL;
+    assert_int_equal(fp_ledger_key_load_or_create(tmp, &key, NULL), FP_OK);
+    char lpath[300];
+    snprintf(lpath, sizeof lpath, "%s/fedprof.ledger.jsonl", tmp);
+    fp_ledger_options_t lo = {"p0", 100.0, NULL, 0};
+    fp_ledger_t *l = NULL;
+    assert_int_equal(fp_ledger_open(lpath, key, &lo, &l), FP_OK);
+    fp_ledger_spend_t sp = {1, 1, FP_LEDGER_UNIT_RECORD, 0.25, 1.0, 1.0, 4, 1e-5, FP_DP_CONVERSION_IMPROVED};
+    assert_int_equal(fp_ledger_append(l, &sp, NULL, NULL), FP_OK);
+    fp_ledger_close(l);
+    fp_ledger_key_free(key);
+
+    fp_wire_creds_t *sc = NULL;
+    assert_int_equal(fp_wire_creds_insecure(&sc), FP_OK);
+    fp_coord_opts_t o;
+    coord_defaults(&o, ckpt);
+    o.creds = sc;
+    o.insecure = 1;
+    o.rounds = 1;
+    o.clients_per_round = 1;
+    o.min_clients = 1;
+    o.round_timeout_s = 1.5; /* round 1 is never answered: it fails at its deadline */
+    o.plan.unit = FP_UNIT_RECORD;
+    o.plan.clip = 1.0;
+    o.plan.noise_multiplier = 1.0;
+    o.plan.delta = 1e-5;
+    coord_run_t cr;
+    coord_start(&cr, &o);
+    client_t c;
+    client_init(&c, 0, fp_coord_port(cr.c), NULL, "p0");
+    c.o.ledger_dir = tmp;
+    c.o.budget_epsilon = 100.0;
+    client_start(&c);
+    pthread_join(c.th, NULL);
+    if (c.st != FP_OK)
+        print_error("p0: %s\n", c.err);
+    assert_int_equal(c.st, FP_OK);
+    coord_join(&cr);
+    assert_int_equal(cr.st, FP_OK);
+    fp_coord_stats_t s;
+    fp_coord_stats(cr.c, &s);
+    assert_int_equal((int)s.committed, 1);
+    assert_int_equal((int)s.failed_rounds, 1);
+    assert_int_equal(c.rep.rounds_skipped, 1);
+    assert_int_equal(c.rep.rounds_trained, 1);
+    assert_false(c.cap[1].have); /* round 1 was never trained */
+    assert_true(c.cap[2].have);
+    fp_ledger_report_t *r = NULL;
+    assert_int_equal(fp_ledger_verify_file(lpath, NULL, &r), FP_OK);
+    assert_int_equal((int)r->n_rows, 2);
+    assert_int_equal((int)r->rows[1].spend.round, 2);
+    fp_ledger_report_free(r);
+    char fpath[300];
+    snprintf(fpath, sizeof fpath, "%s/federation-ledger.jsonl", ckpt);
+    assert_int_equal(fp_ledger_verify_file(fpath, NULL, &r), FP_OK);
+    assert_int_equal((int)r->n_rows, 2); /* the backlog entry, then round 2's */
+    assert_int_equal((int)r->rows[0].spend.round, 1);
+    assert_int_equal((int)r->rows[1].spend.round, 2);
+    fp_ledger_report_free(r);
+    fp_coord_destroy(cr.c);
+    fp_wire_creds_destroy(sc);
+    client_free(&c);
+    rm_rf(ckpt);
+    rm_rf(tmp);
+}
+
 static int teardown_all(void **state)
 {
     (void)state;
@@ -1028,6 +1105,7 @@ int main(void)
         cmocka_unit_test(test_dropout_deadline),
         cmocka_unit_test(test_dp_ledger),
         cmocka_unit_test(test_dp_ledger_refusals),
+        cmocka_unit_test(test_dp_spent_round_not_retrained),
     };
     return cmocka_run_group_tests(tests, NULL, teardown_all);
 }

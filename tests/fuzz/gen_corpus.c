@@ -251,6 +251,12 @@ static void config_seeds(void)
     put("fuzz_config", "full", y1, strlen(y1));
     put("fuzz_config", "flow", y2, strlen(y2));
     put("fuzz_config", "comment", y3, strlen(y3));
+    const char *y4 = "server:\n  listen: \"0.0.0.0:7070\"\n  n_items: 500\n  rounds: 3\n  clients_per_round: 2\n"
+                     "  min_clients: 2\n  min_updates: 1\n  strategy: fedadam\n  server_lr: 0.01\n"
+                     "federation:\n  local_epochs: 2\n  unit: record\n  clip: 1.0\n  noise_multiplier: 1.1\n"
+                     "  delta: 1.0e-5\nclient:\n  server: \"coord:7070\"\n  budget_epsilon: 8\n"
+                     "  ledger_dir: \"ledger\"\n";
+    put("fuzz_config", "federation", y4, strlen(y4));
 }
 
 int main(int argc, char **argv)
