@@ -624,17 +624,10 @@ static int cmd_synth(int argc, char **argv)
 
 /* ---- join ---- */
 
+/* A flag's string into a config field (every config string holds FP_CONFIG_STR_MAX bytes). */
 static int set_cfg_str(char *dst, const char *src, const char *flag)
 {
-    if (!src)
-        return 0;
-    size_t n = strlen(src);
-    if (n > FP_CONFIG_STR_MAX) {
-        fprintf(stderr, "fedprof-client join: error: --%s is longer than %d bytes\n", flag, FP_CONFIG_STR_MAX);
-        return -1;
-    }
-    memcpy(dst, src, n + 1);
-    return 0;
+    return fp_cli_set_str(dst, FP_CONFIG_STR_MAX + 1, src, "fedprof-client join", flag);
 }
 
 static int cmd_join(int argc, char **argv)

@@ -102,3 +102,16 @@ void fp_cli_print_help(const fp_opt_t *opts)
         printf("  %-24s %s\n", lhs, o->help ? o->help : "");
     }
 }
+
+int fp_cli_set_str(char *dst, size_t cap, const char *src, const char *prog, const char *flag)
+{
+    if (!src)
+        return 0;
+    size_t n = strlen(src);
+    if (cap == 0 || n >= cap) {
+        fprintf(stderr, "%s: error: --%s is longer than %zu bytes\n", prog, flag, cap ? cap - 1 : 0);
+        return -1;
+    }
+    memcpy(dst, src, n + 1);
+    return 0;
+}

@@ -4,6 +4,7 @@
 #ifndef FEDPROF_COMMON_CLI_H
 #define FEDPROF_COMMON_CLI_H
 
+#include <stddef.h>
 #include <stdint.h>
 
 #include "common/errors.h"
@@ -23,5 +24,8 @@ typedef struct {
 fp_status fp_cli_parse(int argc, char **argv, const fp_opt_t *opts);
 /* Print "  --name VALUE  help" lines. */
 void fp_cli_print_help(const fp_opt_t *opts);
+/* Copy a flag's string value src (NULL: nothing given, nothing done) into dst[cap]. Returns 0, or
+ * -1 after printing "PROG: error: --FLAG is longer than cap-1 bytes" to stderr. */
+int fp_cli_set_str(char *dst, size_t cap, const char *src, const char *prog, const char *flag);
 
 #endif

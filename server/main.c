@@ -34,15 +34,7 @@ static int fail(const char *what)
 /* Copy a flag's string into a config field; refuses what does not fit. */
 static int set_str(char *dst, const char *src, const char *flag)
 {
-    if (!src)
-        return 0;
-    size_t n = strlen(src);
-    if (n > FP_CONFIG_STR_MAX) {
-        fprintf(stderr, "fedprof-server: error: --%s is longer than %d bytes\n", flag, FP_CONFIG_STR_MAX);
-        return -1;
-    }
-    memcpy(dst, src, n + 1);
-    return 0;
+    return fp_cli_set_str(dst, FP_CONFIG_STR_MAX + 1, src, "fedprof-server", flag);
 }
 
 static int wants_help(const fp_opt_t *opts)
