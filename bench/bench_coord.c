@@ -1367,7 +1367,7 @@ int main(int argc, char **argv)
 {
     const char *server_opt = NULL, *work_opt = NULL, *trace = NULL;
     int clients = 100, rounds = 10, dim = 16, blocks = 1, heads = 1, maxlen = 20, n_items = 1000, max_pulls = 0;
-    int max_pushes = 0;
+    int max_pushes = 0, server_pulls = 0;
     int status_ms = 20, rss_ms = 50, keep = 0, json = 0, help = 0;
     uint64_t target = 0;
     float settle = 1.0f, timeout = 1800.0f;
@@ -1383,6 +1383,8 @@ int main(int argc, char **argv)
         {"target-params", FP_OPT_U64, &target, 0, 4e9, NULL, "choose n-items for about this many parameters"},
         {"max-pulls", FP_OPT_INT, &max_pulls, 0, MAX_CLIENTS, NULL, "receive buffers, i.e. concurrent pulls (0: one per client)"},
         {"max-pushes", FP_OPT_INT, &max_pushes, 0, MAX_CLIENTS, NULL, "concurrent pushes (0: no limit; a diagnostic)"},
+        {"server-pulls", FP_OPT_INT, &server_pulls, 0, 1024, NULL,
+         "the server's max_concurrent_pulls (0: its default)"},
         {"status-ms", FP_OPT_INT, &status_ms, 1, 10000, NULL, "Status poll interval (default 20)"},
         {"rss-ms", FP_OPT_INT, &rss_ms, 1, 10000, NULL, "memory sample interval (default 50)"},
         {"settle", FP_OPT_FLOAT, &settle, 0, 600, NULL, "seconds between the server's start and the idle reading (default 1)"},
@@ -1510,12 +1512,14 @@ int main(int argc, char **argv)
     snprintf(ckpt, sizeof ckpt, "%s/ckpt", work);
     snprintf(log_path, sizeof log_path, "%s/server.log", work);
     rm_tree(ckpt, 0); /* a fresh federation, never a resumed one */
-    char yaml[1024];
+    char yaml[1024], pulls_line[64] = "";
+    if (server_pulls > 0)
+        snprintf(pulls_line, sizeof pulls_line, "  max_concurrent_pulls: %d\n", server_pulls);
     snprintf(yaml, sizeof yaml,
              "# written by " PROG "\n"
-             "server:\n  member_timeout_s: 3600\n  round_timeout_s: 3600\n  federation_id: bench\n"
+             "server:\n  member_timeout_s: 3600\n  round_timeout_s: 3600\n  federation_id: bench\n%s"
              "model:\n  dim: %d\n  blocks: %d\n  heads: %d\n  maxlen: %d\n  dropout: 0.1\n",
-             dim, blocks, heads, maxlen);
+             pulls_line, dim, blocks, heads, maxlen);
     int rc = 1;
     if (write_file(path, yaml) != 0)
         goto cleanup_dir;

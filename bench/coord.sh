@@ -3,7 +3,7 @@
 # report.
 #
 #   bench/coord.sh [--quick] [--rounds N] [--clients 10,50,100] [--mem-clients 50]
-#                  [--mem-params 25000000] [--no-mem] [--no-diag] [--no-rounds]
+#                  [--mem-params 25000000] [--mem-rounds 3] [--no-mem] [--no-diag] [--no-rounds]
 #                  [--build DIR] [--bin PATH] [--server PATH] [--work DIR]
 #
 # Builds fedprof-bench-coord and fedprof-server in their own build dir (default build-coord,
@@ -13,7 +13,8 @@
 # it with in-process protocol clients (join, pull the model and verify its digest, push an update;
 # no local training):
 #  1. memory: a 25M-parameter model (dim 64, 2 blocks, maxlen 50; n_items chosen for the count),
-#     --mem-clients clients (default 50) all selected, one round: the coordinator's peak RSS
+#     --mem-clients clients (default 50) all selected, --mem-rounds rounds (default 3: the second
+#     round onwards runs on a warm heap, which one round alone hides): the coordinator's peak RSS
 #     (VmHWM of /proc/PID/status, read last while it lived) against the goal of 4x the model's
 #     float32 size, its idle RSS, and the largest RSS in each stage of the round (sampled every
 #     50 ms);
@@ -38,6 +39,7 @@ ROUNDS=""
 CLIENTS=""
 MEM_CLIENTS=""
 MEM_PARAMS=""
+MEM_ROUNDS=""
 DO_MEM=1
 DO_DIAG=1
 DO_ROUNDS=1
@@ -53,6 +55,7 @@ while [ $# -gt 0 ]; do
     --clients) CLIENTS=$2; shift ;;
     --mem-clients) MEM_CLIENTS=$2; shift ;;
     --mem-params) MEM_PARAMS=$2; shift ;;
+    --mem-rounds) MEM_ROUNDS=$2; shift ;;
     --no-mem) DO_MEM=0 ;;
     --no-diag) DO_DIAG=0 ;;
     --no-rounds) DO_ROUNDS=0 ;;
@@ -66,14 +69,15 @@ while [ $# -gt 0 ]; do
     shift
 done
 if [ "$QUICK" = 1 ]; then
-    : "${ROUNDS:=5}" "${CLIENTS:=10,100}" "${MEM_CLIENTS:=20}" "${MEM_PARAMS:=10000000}"
+    : "${ROUNDS:=5}" "${CLIENTS:=10,100}" "${MEM_CLIENTS:=20}" "${MEM_PARAMS:=10000000}" "${MEM_ROUNDS:=1}"
 else
-    : "${ROUNDS:=20}" "${CLIENTS:=10,50,100}" "${MEM_CLIENTS:=50}" "${MEM_PARAMS:=25000000}"
+    : "${ROUNDS:=20}" "${CLIENTS:=10,50,100}" "${MEM_CLIENTS:=50}" "${MEM_PARAMS:=25000000}" "${MEM_ROUNDS:=3}"
 fi
 [[ $ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "coord.sh: --rounds wants a positive integer" >&2; exit 2; }
 [[ $CLIENTS =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || { echo "coord.sh: --clients wants N[,N...]" >&2; exit 2; }
 [[ $MEM_CLIENTS =~ ^[1-9][0-9]*$ ]] || { echo "coord.sh: --mem-clients wants a positive integer" >&2; exit 2; }
 [[ $MEM_PARAMS =~ ^[1-9][0-9]*$ ]] || { echo "coord.sh: --mem-params wants a positive integer" >&2; exit 2; }
+[[ $MEM_ROUNDS =~ ^[1-9][0-9]*$ ]] || { echo "coord.sh: --mem-rounds wants a positive integer" >&2; exit 2; }
 "$PY" -c 'import json' 2>/dev/null || { echo "coord.sh: needs $PY" >&2; exit 1; }
 
 log() { echo "[coord] $*" >&2; }
@@ -137,7 +141,7 @@ print(json.dumps(d))' "$WORK/out.json" "$name" "$b" >>"$RES"
 
 LOAD_BEFORE=$(uptime)
 T0=$(date +%s)
-MEM_ARGS=(--clients "$MEM_CLIENTS" --rounds 1 --dim 64 --blocks 2 --heads 1 --maxlen 50 --target-params "$MEM_PARAMS")
+MEM_ARGS=(--clients "$MEM_CLIENTS" --rounds "$MEM_ROUNDS" --dim 64 --blocks 2 --heads 1 --maxlen 50 --target-params "$MEM_PARAMS")
 if [ "$DO_MEM" = 1 ]; then
     run memory "${MEM_ARGS[@]}" --trace "$WORK/memory-trace.csv"
     if [ "$DO_DIAG" = 1 ]; then
@@ -187,13 +191,14 @@ print("- the coordinator is the real `fedprof-server run` process (--insecure, 1
       "no local training)")
 print()
 
-for name, title in (("memory", "one round, every client pulls then pushes at will"),
+for name, title in (("memory", "every client pulls then pushes at will"),
                     ("memory-serial-push", "the same, the clients pushing one at a time (--max-pushes 1)")):
     d = rows.get(name)
     if not d:
         continue
     st = d["max_rss_mb_by_stage"]
-    print(f"## Memory: {d['params']:,} parameters ({d['model_mb']:.1f} MB float32), {d['clients']} clients: {title}")
+    print(f"## Memory: {d['params']:,} parameters ({d['model_mb']:.1f} MB float32), {d['clients']} clients, "
+          f"{d['rounds']} round(s): {title}")
     print()
     print(f"Command: `{cmd[name]}`")
     print()

@@ -100,6 +100,9 @@ static const cf_field g_fields[] = {
     F_("server", "trim_fraction", CF_FLOAT, server.trim_fraction, 0, 0.5, 0, 1),
     F_("server", "init_seed", CF_U64, server.init_seed, 0, 0, 0, 0),
     F_("server", "select_seed", CF_U64, server.select_seed, 0, 0, 0, 0),
+    F_("server", "max_concurrent_pushes", CF_INT, server.max_concurrent_pushes, 1, 1024, 0, 0),
+    F_("server", "max_concurrent_pulls", CF_INT, server.max_concurrent_pulls, 1, 1024, 0, 0),
+    F_("server", "spill_updates", CF_INT, server.spill_updates, -1, 1, 0, 0),
     F_("federation", "local_epochs", CF_INT, federation.local_epochs, 1, 1000000, 0, 0),
     F_("federation", "max_steps", CF_INT, federation.max_steps, 0, INT_MAX, 0, 0),
     F_("federation", "fedprox_mu", CF_FLOAT, federation.fedprox_mu, 0, 1e6, 0, 0),
@@ -303,6 +306,9 @@ void fp_config_defaults(fp_config_t *c)
     c->server.trim_fraction = 0.1f;
     c->server.init_seed = 42;
     c->server.select_seed = 0;
+    c->server.max_concurrent_pushes = 1;
+    c->server.max_concurrent_pulls = 8;
+    c->server.spill_updates = -1;
     c->federation.local_epochs = 1;
     c->federation.max_steps = 0;
     c->federation.fedprox_mu = 0.0f;

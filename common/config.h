@@ -96,6 +96,10 @@ typedef struct {
         float trim_fraction;         /* trimmed mean, default 0.1 */
         uint64_t init_seed;          /* seed of the initial global model, default 42 */
         uint64_t select_seed;        /* 0 (default): client selection seeded from the OS */
+        int max_concurrent_pushes;   /* updates received at once (a receive buffer each), default 1 */
+        int max_concurrent_pulls;    /* models streamed at once (~2.4 MB of buffers each), default 8 */
+        int spill_updates;           /* receive buffers in unlinked files of checkpoint_dir: -1 (default)
+                                      * when the model is >= 32 MiB, 0 never, 1 always (mean strategies) */
     } server;
     /* What every selected client is told to do each round (the federation: section). */
     struct {

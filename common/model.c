@@ -379,15 +379,41 @@ float *fp_model_grads(fp_model_t *m) { return m->grads; }
 
 /* ------------------------------------------------------------------ init */
 
+fp_status fp_model_layout_build(const fp_model_config_t *cfg, fp_layout_t *out)
+{
+    if (!cfg || !out)
+        return FP_FAIL(FP_ERR_INVALID, "fp_model_layout_build: NULL argument");
+    fp_status st = fp_model_config_validate(cfg);
+    if (st != FP_OK)
+        return st;
+    /* A model with its layout only (no parameters, no buffers): fp_model_destroy frees it. */
+    fp_model_t *m = calloc(1, sizeof *m);
+    if (!m)
+        return FP_FAIL(FP_ERR_NOMEM, "model layout");
+    m->cfg = *cfg;
+    fp_layout_init(&m->layout);
+    m->boff = mem_alloc((size_t)cfg->blocks, sizeof *m->boff, &st);
+    if (st == FP_OK)
+        st = build_layout(m);
+    for (size_t i = 0; st == FP_OK && i < m->layout.n_tensors; i++)
+        st = fp_layout_add(out, m->layout.tensors[i].name, m->layout.tensors[i].ndim, m->layout.tensors[i].shape);
+    fp_model_destroy(m);
+    return st;
+}
+
 void fp_model_init(fp_model_t *m, uint64_t seed)
+{
+    fp_model_init_params(&m->layout, m->params, seed);
+}
+
+void fp_model_init_params(const fp_layout_t *l, float *params, uint64_t seed)
 {
     fp_rng_t r;
     fp_rng_seed(&r, seed);
-    const fp_layout_t *l = &m->layout;
-    memset(m->params, 0, l->total * sizeof *m->params);
+    memset(params, 0, l->total * sizeof *params);
     for (size_t i = 0; i < l->n_tensors; i++) {
         const fp_tensor_info_t *t = &l->tensors[i];
-        float *p = m->params + t->offset;
+        float *p = params + t->offset;
         const char *dot = strrchr(t->name, '.');
         const char *leaf = dot ? dot + 1 : t->name;
         if (strcmp(t->name, "item_emb") == 0 || strcmp(t->name, "pos_emb") == 0) {

@@ -76,6 +76,13 @@ float *fp_model_grads(fp_model_t *m);
  * embeddings, LayerNorm gamma = 1, beta = 0, biases 0; padding row 0 stays zero). */
 void fp_model_init(fp_model_t *m, uint64_t seed);
 
+/* The same without a model, for holders of parameters that never train (the coordinator): *out
+ * (fp_layout_init'ed by the caller, freed with fp_layout_free) receives the layout fp_model_create
+ * builds for cfg; fp_model_init_params writes what fp_model_init would into params (layout-sized,
+ * the layout of fp_model_layout_build). */
+fp_status fp_model_layout_build(const fp_model_config_t *cfg, fp_layout_t *out);
+void fp_model_init_params(const fp_layout_t *l, float *params, uint64_t seed);
+
 /* Forward + loss (+ backward when grads are wanted). Grads are overwritten (not accumulated).
  * training != 0 enables dropout drawn from rng (rng may be NULL when dropout is 0 or not
  * training). loss_out = mean loss over positions with pos != 0 (plus the L2 term).

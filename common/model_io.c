@@ -10,7 +10,13 @@
 
 fp_status fp_model_save(const char *path, fp_model_t *m, const fp_config_t *c, char *const *item_names)
 {
-    const fp_model_config_t *mc = fp_model_config(m);
+    return fp_model_save_params(path, fp_model_layout(m), fp_model_params(m), fp_model_config(m)->n_items, c,
+                                item_names);
+}
+
+fp_status fp_model_save_params(const char *path, const fp_layout_t *l, const float *params, int n_items,
+                               const fp_config_t *c, char *const *item_names)
+{
     char *cfg_json = NULL, *items = NULL;
     fp_status st = fp_config_to_json(c, &cfg_json);
     if (st != FP_OK)
@@ -19,7 +25,7 @@ fp_status fp_model_save(const char *path, fp_model_t *m, const fp_config_t *c, c
     char num[16];
 #define ITEM_NAME(i) (item_names ? item_names[i] : (snprintf(num, sizeof num, "%d", (i)), num))
     size_t len = 1;
-    for (int i = 1; i <= mc->n_items; i++)
+    for (int i = 1; i <= n_items; i++)
         len += strlen(ITEM_NAME(i)) + 1;
     items = malloc(len);
     if (!items) {
@@ -27,23 +33,23 @@ fp_status fp_model_save(const char *path, fp_model_t *m, const fp_config_t *c, c
         return FP_FAIL(FP_ERR_NOMEM, "item list");
     }
     char *p = items;
-    for (int i = 1; i <= mc->n_items; i++) {
+    for (int i = 1; i <= n_items; i++) {
         const char *name = ITEM_NAME(i);
         size_t n = strlen(name);
         memcpy(p, name, n);
         p += n;
-        *p++ = i < mc->n_items ? '\n' : '\0';
+        *p++ = i < n_items ? '\n' : '\0';
     }
 #undef ITEM_NAME
-    if (mc->n_items == 0)
+    if (n_items == 0)
         *p = '\0';
     char hash[32];
-    snprintf(hash, sizeof hash, "%016" PRIx64, fp_layout_hash(fp_model_layout(m)));
+    snprintf(hash, sizeof hash, "%016" PRIx64, fp_layout_hash(l));
     fp_kv_t meta[] = {
         {"format", "fedprof-model"}, {"format_version", "1"}, {"config", cfg_json},
         {"layout_hash", hash},       {"items", items},
     };
-    st = fp_safetensors_save(path, fp_model_layout(m), fp_model_params(m), NULL, meta, sizeof meta / sizeof meta[0]);
+    st = fp_safetensors_save(path, l, params, NULL, meta, sizeof meta / sizeof meta[0]);
     free(cfg_json);
     free(items);
     return st;

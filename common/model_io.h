@@ -14,6 +14,10 @@
 /* Save model m trained with config c; item_names[1..n_items] (item_names[0] unused; NULL names
  * items by their decimal id). Atomic. */
 fp_status fp_model_save(const char *path, fp_model_t *m, const fp_config_t *c, char *const *item_names);
+/* The same file from a layout and its parameters without a model (n_items: the catalogue size,
+ * item_emb's rows minus the padding row). fp_model_save writes through it. */
+fp_status fp_model_save_params(const char *path, const fp_layout_t *l, const float *params, int n_items,
+                               const fp_config_t *c, char *const *item_names);
 
 /* Load a model file into a new model sized for max_batch rows and `threads` threads.
  * *cfg_out receives the stored config (with model.n_items set); *items_out a malloc'd array of

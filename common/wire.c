@@ -673,7 +673,7 @@ fp_status fp_wire_server_create(const char *listen_addr, const fp_wire_creds_t *
         }
     }
 
-    grpc_arg args[3];
+    grpc_arg args[4];
     memset(args, 0, sizeof args);
     args[0].type = GRPC_ARG_INTEGER;
     args[0].key = (char *)GRPC_ARG_MAX_RECEIVE_MESSAGE_LENGTH;
@@ -684,7 +684,13 @@ fp_status fp_wire_server_create(const char *listen_addr, const fp_wire_creds_t *
     args[2].type = GRPC_ARG_INTEGER;
     args[2].key = (char *)GRPC_ARG_MAX_CONCURRENT_STREAMS;
     args[2].value.integer = WIRE_MAX_STREAMS_PER_CONN;
-    grpc_channel_args cargs = {3, args};
+    /* No BDP probing on the server: on loopback it grows each stream's window to tens of MB, which
+     * gRPC fills and holds for every push waiting for a receive buffer (docs/BENCHMARKS.md,
+     * "Coordinator memory": 1,474 -> 799 MB peak with 50 clients pushing 100 MB, no slower). */
+    args[3].type = GRPC_ARG_INTEGER;
+    args[3].key = (char *)GRPC_ARG_HTTP2_BDP_PROBE;
+    args[3].value.integer = 0;
+    grpc_channel_args cargs = {4, args};
 
     grpc_server *server = grpc_server_create(&cargs, NULL);
     s->cq = grpc_completion_queue_create_for_next(NULL);

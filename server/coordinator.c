@@ -1,5 +1,6 @@
 /* coordinator: membership, the round state machine, update validation and streaming aggregation,
  * checkpoints, and the Federation RPC handlers (see coordinator.h). */
+#define _DEFAULT_SOURCE /* madvise */
 #include "server/coordinator.h"
 
 #include <errno.h>
@@ -10,8 +11,10 @@
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
+#include <sys/mman.h>
 #include <sys/stat.h>
 #include <time.h>
+#include <unistd.h>
 
 #include <openssl/rand.h>
 
@@ -57,9 +60,14 @@ typedef struct {
 
 typedef struct {
     float *buf;
+    size_t map_bytes; /* > 0: buf is a shared mapping of an unlinked file (spill_updates) */
     fp_ts_reader_t *reader;
     int busy;
 } slot_t;
+
+/* Spilled receive buffers: at least this model size by default, pages dropped every this many bytes. */
+#define COORD_SPILL_MIN_BYTES ((size_t)32 << 20)
+#define COORD_SPILL_STEP_BYTES ((size_t)4 << 20)
 
 struct fp_coord {
     fp_coord_opts_t o;
@@ -81,6 +89,7 @@ struct fp_coord {
     member_t **members; /* each its own allocation: handlers keep pointers across a realloc */
     int n_members, cap_members;
     slot_t *slots;
+    int spill; /* receive buffers are spilled to files */
     int n_slots;
     uint64_t rejections[COORD_N_REASONS];
     uint64_t bytes_in, bytes_out, accepted;
@@ -527,9 +536,12 @@ static void on_pull(fp_wire_call_t *call, void *user)
     fp_ts_header_t h;
     memset(&h, 0, sizeof h);
     pthread_mutex_lock(&c->mu);
-    while (c->phase == FEDPROF__V1__ROUND_PHASE__ROUND_PHASE_COMMIT && !atomic_load(&c->stop) &&
-           !fp_wire_call_cancelled(call))
-        timed_wait(&c->cv, &c->mu, 50); /* the model is being replaced: stream the new one */
+    /* While the model is being replaced, wait to stream the new one; while max_concurrent_pulls are
+     * streaming, wait for one to end (each holds ≈ 2.4 MB of stream and transport buffers). A pull
+     * ending broadcasts c->cv; the call's cancellation (client gone, its deadline) ends the wait. */
+    while ((c->phase == FEDPROF__V1__ROUND_PHASE__ROUND_PHASE_COMMIT || s->refs >= c->o.max_concurrent_pulls) &&
+           !atomic_load(&c->stop) && !fp_wire_call_cancelled(call))
+        timed_wait(&c->cv, &c->mu, 50);
     member_t *m = find_session(c, req->session);
     if (req->protocol_version != FEDPROF__V1__PROTOCOL_VERSION__PROTOCOL_VERSION_1) {
         code = FP_WIRE_FAILED_PRECONDITION;
@@ -543,6 +555,9 @@ static void on_pull(fp_wire_call_t *call, void *user)
     } else if (req->model_version != 0 && req->model_version != s->version) {
         code = FP_WIRE_ABORTED;
         msg = "model_version is not the current global model (stale)";
+    } else if (fp_wire_call_cancelled(call)) {
+        code = FP_WIRE_CANCELLED;
+        msg = "the call ended while waiting its turn";
     } else {
         m->last_seen = fp_now();
         s->refs++;
@@ -628,9 +643,52 @@ static void release_slot(fp_coord_t *c, slot_t *s)
     pthread_mutex_unlock(&c->mu);
 }
 
+/* A spilled receive buffer: a shared mapping of an unlinked file in the checkpoint directory. */
+static fp_status slot_map(fp_coord_t *c, slot_t *s)
+{
+    char path[4096];
+    int n = snprintf(path, sizeof path, "%s/.receive-XXXXXX", c->ckpt_dir);
+    if (n < 0 || (size_t)n >= sizeof path)
+        return FP_FAIL(FP_ERR_RANGE, "checkpoint directory path too long");
+    int fd = mkstemp(path);
+    if (fd < 0)
+        return FP_FAIL(FP_ERR_IO, "%s: cannot create a receive file: %s", path, strerror(errno));
+    size_t bytes = c->P * sizeof(float);
+    fp_status st = FP_OK;
+    void *p = MAP_FAILED;
+    if (unlink(path) != 0)
+        st = FP_FAIL(FP_ERR_IO, "%s: cannot unlink: %s", path, strerror(errno));
+    else if (ftruncate(fd, (off_t)bytes) != 0)
+        st = FP_FAIL(FP_ERR_IO, "%s: cannot size to %zu bytes: %s", path, bytes, strerror(errno));
+    else if ((p = mmap(NULL, bytes, PROT_READ | PROT_WRITE, MAP_SHARED, fd, 0)) == MAP_FAILED)
+        st = FP_FAIL(FP_ERR_NOMEM, "%s: cannot map %zu bytes: %s", path, bytes, strerror(errno));
+    if (close(fd) != 0 && st == FP_OK) {
+        munmap(p, bytes);
+        return FP_FAIL(FP_ERR_IO, "%s: close: %s", path, strerror(errno));
+    }
+    if (st != FP_OK)
+        return st;
+    s->buf = p;
+    s->map_bytes = bytes;
+    return FP_OK;
+}
+
+/* Drop a spilled slot's pages from the process (their data stays in the file's page cache). */
+static fp_status slot_drop(slot_t *s)
+{
+    if (s->map_bytes && madvise(s->buf, s->map_bytes, MADV_DONTNEED) != 0)
+        return FP_FAIL(FP_ERR_INTERNAL, "madvise of the receive file: %s", strerror(errno));
+    return FP_OK;
+}
+
 /* Make sure the slot's buffer and reader exist (outside the lock: allocation of 4·P bytes). */
 static fp_status slot_ready(fp_coord_t *c, slot_t *s)
 {
+    if (!s->buf && c->spill) {
+        fp_status st = slot_map(c, s);
+        if (st != FP_OK)
+            return st;
+    }
     if (!s->buf && !(s->buf = fp_buffer_alloc(c->P)))
         return FP_FAIL(FP_ERR_NOMEM, "receive buffer of %zu floats", c->P);
     if (!s->reader) {
@@ -803,7 +861,7 @@ static void on_push(fp_wire_call_t *call, void *user)
     slot_t *slot = take_slot(c, call, round_id);
     pthread_mutex_unlock(&c->mu);
     fp_status st = FP_OK;
-    uint64_t got_bytes = len;
+    uint64_t got_bytes = len, dropped_at = 0;
     if (!slot) {
         reason = FEDPROF__V1__REJECT_REASON__REJECT_REASON_STALE;
         snprintf(detail, sizeof detail, "round %" PRIu64 " closed while waiting for a receive slot", round_id);
@@ -832,9 +890,16 @@ static void on_push(fp_wire_call_t *call, void *user)
             break;
         got_bytes += len;
         st = fp_ts_reader_feed(slot->reader, data, len);
+        if (st == FP_OK && slot->map_bytes && got_bytes - dropped_at >= COORD_SPILL_STEP_BYTES) {
+            dropped_at = got_bytes;
+            if ((st = slot_drop(slot)) != FP_OK)
+                break;
+        }
     }
     if (st == FP_OK)
         st = fp_ts_reader_finish(slot->reader);
+    if (st == FP_OK)
+        st = slot_drop(slot);
     if (st != FP_OK) {
         reason = ts_reason(fp_ts_reader_reject(slot->reader));
         snprintf(detail, sizeof detail, "%s", fp_error_message());
@@ -844,7 +909,24 @@ static void on_push(fp_wire_call_t *call, void *user)
     size_t n = 0;
     const float *delta = fp_ts_reader_data(slot->reader, &n);
     if (h->clip_bound > 0 && c->o.plan.unit != FP_UNIT_RECORD) {
-        double norm = fp_vec_l2(delta, n);
+        double norm = 0.0;
+        if (!slot->map_bytes) {
+            norm = fp_vec_l2(delta, n);
+        } else { /* in steps, dropping the pages read */
+            const size_t step = COORD_SPILL_STEP_BYTES / sizeof(float);
+            double ss = 0.0;
+            for (size_t o = 0; o < n && st == FP_OK; o += step) {
+                double l = fp_vec_l2(delta + o, n - o < step ? n - o : step);
+                ss += l * l;
+                st = slot_drop(slot);
+            }
+            norm = sqrt(ss);
+            if (st != FP_OK) {
+                reason = FEDPROF__V1__REJECT_REASON__REJECT_REASON_MALFORMED;
+                snprintf(detail, sizeof detail, "%s", fp_error_message());
+                goto refuse;
+            }
+        }
         double bound = h->clip_bound * (1 + 1e-6) + noise_allowance(h, n);
         if (!(norm <= bound)) {
             reason = FEDPROF__V1__REJECT_REASON__REJECT_REASON_CLIP_BOUND;
@@ -881,7 +963,21 @@ static void on_push(fp_wire_call_t *call, void *user)
     c->adding++;
     pthread_mutex_unlock(&c->mu);
     pthread_mutex_lock(&c->agg_mu);
-    st = fp_agg_add(c->agg, delta, weight);
+    if (!slot->map_bytes) {
+        st = fp_agg_add(c->agg, delta, weight);
+    } else if ((st = fp_agg_add_check(c->agg, weight)) == FP_OK) {
+        /* The update was checked whole (finite, digest, norm): add it in steps, dropping the pages
+         * read. A failed drop costs only memory, so it does not stop the adding: a range already
+         * added cannot be taken back, and a half-added update would corrupt the running sum. */
+        const size_t step = COORD_SPILL_STEP_BYTES / sizeof(float);
+        for (size_t o = 0; o < n && st == FP_OK; o += step) {
+            st = fp_agg_add_range(c->agg, o, delta + o, n - o < step ? n - o : step, weight);
+            if (slot_drop(slot) != FP_OK)
+                fp_log_warn("coordinator: %s", fp_error_message());
+        }
+        if (st == FP_OK)
+            st = fp_agg_commit_update(c->agg, weight);
+    }
     pthread_mutex_unlock(&c->agg_mu);
     pthread_mutex_lock(&c->mu);
     c->adding--;
@@ -1187,13 +1283,8 @@ static fp_status write_final_model(fp_coord_t *c)
     fp_status st = path_in(c, COORD_MODEL_FILE, path, sizeof path);
     if (st != FP_OK)
         return st;
-    fp_model_t *m = NULL;
-    if ((st = fp_model_create(&c->o.model_cfg.model, 1, 1, &m)) != FP_OK)
-        return st;
-    memcpy(fp_model_params(m), c->model.w, c->P * sizeof(float));
-    st = fp_model_save(path, m, &c->o.model_cfg, NULL);
-    fp_model_destroy(m);
-    return st;
+    /* From c->model.w directly: no training model (params + grads, 8·P) next to the running sum. */
+    return fp_model_save_params(path, &c->layout, c->model.w, c->o.model_cfg.model.n_items, &c->o.model_cfg, NULL);
 }
 
 /* ---- options ---------------------------------------------------------------------------------------- */
@@ -1211,6 +1302,8 @@ void fp_coord_opts_defaults(fp_coord_opts_t *o)
     o->member_timeout_s = 60;
     o->done_linger_s = 3;
     o->max_concurrent_pushes = 1;
+    o->max_concurrent_pulls = 8;
+    o->spill_updates = -1;
     fp_strategy_defaults(&o->strategy, FP_STRAT_FEDAVG);
     o->plan.local_epochs = 1;
     o->plan.batch = 128;
@@ -1252,6 +1345,10 @@ fp_status fp_coord_opts_validate(const fp_coord_opts_t *o)
         return FP_FAIL(FP_ERR_RANGE, "done_linger_s must be in [0, 3600]");
     if (o->max_concurrent_pushes < 1 || o->max_concurrent_pushes > 1024)
         return FP_FAIL(FP_ERR_RANGE, "max_concurrent_pushes must be in [1, 1024]");
+    if (o->max_concurrent_pulls < 1 || o->max_concurrent_pulls > 1024)
+        return FP_FAIL(FP_ERR_RANGE, "max_concurrent_pulls must be in [1, 1024]");
+    if (o->spill_updates < -1 || o->spill_updates > 1)
+        return FP_FAIL(FP_ERR_RANGE, "spill_updates must be -1 (by model size), 0 or 1");
     if ((st = fp_strategy_validate(&o->strategy)) != FP_OK)
         return st;
     const fp_coord_plan_t *p = &o->plan;
@@ -1320,7 +1417,6 @@ fp_status fp_coord_create(const fp_coord_opts_t *o, fp_coord_t **out)
     pthread_mutex_init(&c->agg_mu, NULL);
     pthread_mutex_init(&c->ledger_mu, NULL);
     c->phase = FEDPROF__V1__ROUND_PHASE__ROUND_PHASE_WAITING;
-    fp_model_t *m = NULL;
     c->listen = dup_str(o->listen);
     c->ckpt_dir = dup_str(o->checkpoint_dir);
     c->federation_id = dup_str(o->federation_id ? o->federation_id : "fedprof");
@@ -1333,14 +1429,9 @@ fp_status fp_coord_create(const fp_coord_opts_t *o, fp_coord_t **out)
     c->o.federation_id = c->federation_id;
     if ((st = ensure_dir(c->ckpt_dir)) != FP_OK || (st = fp_config_to_json(&c->o.model_cfg, &c->config_json)) != FP_OK)
         goto fail;
-    /* The initial model (from init_seed) and its layout; the model object itself is not kept. */
-    if ((st = fp_model_create(&c->o.model_cfg.model, 1, 1, &m)) != FP_OK)
-        goto fail;
-    fp_model_init(m, o->init_seed);
-    const fp_layout_t *ml = fp_model_layout(m);
-    for (size_t i = 0; i < ml->n_tensors && st == FP_OK; i++)
-        st = fp_layout_add(&c->layout, ml->tensors[i].name, ml->tensors[i].ndim, ml->tensors[i].shape);
-    if (st != FP_OK)
+    /* The model's layout and its initial parameters (from init_seed), written straight into the
+     * global model: no training model (params + grads) is built. */
+    if ((st = fp_model_layout_build(&c->o.model_cfg.model, &c->layout)) != FP_OK)
         goto fail;
     c->P = c->layout.total;
     c->layout_hash = fp_layout_hash(&c->layout);
@@ -1348,15 +1439,15 @@ fp_status fp_coord_create(const fp_coord_opts_t *o, fp_coord_t **out)
         st = FP_FAIL(FP_ERR_NOMEM, "global model of %zu floats", c->P);
         goto fail;
     }
-    memcpy(c->model.w, fp_model_params(m), c->P * sizeof(float));
-    fp_model_destroy(m);
-    m = NULL;
+    fp_model_init_params(&c->layout, c->model.w, o->init_seed);
     c->model.version = 1;
     size_t max_updates = (size_t)ceil(o->clients_per_round * o->over_selection) + 1;
     if ((st = fp_agg_create(&o->strategy, c->P, max_updates, &c->agg)) != FP_OK ||
         (st = fp_sopt_create(&o->strategy, c->P, &c->sopt)) != FP_OK)
         goto fail;
     c->n_slots = o->max_concurrent_pushes;
+    c->spill = !fp_strategy_buffers(o->strategy.kind) &&
+               (o->spill_updates == 1 || (o->spill_updates == -1 && c->P * sizeof(float) >= COORD_SPILL_MIN_BYTES));
     if (!(c->slots = calloc((size_t)c->n_slots, sizeof *c->slots))) {
         st = FP_FAIL(FP_ERR_NOMEM, "receive slots");
         goto fail;
@@ -1386,7 +1477,6 @@ fp_status fp_coord_create(const fp_coord_opts_t *o, fp_coord_t **out)
     *out = c;
     return FP_OK;
 fail:
-    fp_model_destroy(m);
     fp_coord_destroy(c);
     return st;
 }
@@ -1413,7 +1503,10 @@ void fp_coord_destroy(fp_coord_t *c)
     fp_wire_server_destroy(c->server); /* waits for every handler */
     for (int i = 0; i < c->n_slots && c->slots; i++) {
         fp_ts_reader_destroy(c->slots[i].reader);
-        fp_buffer_free(c->slots[i].buf);
+        if (c->slots[i].map_bytes)
+            munmap(c->slots[i].buf, c->slots[i].map_bytes);
+        else
+            fp_buffer_free(c->slots[i].buf);
     }
     free(c->slots);
     for (int i = 0; i < c->n_members; i++) {
@@ -1518,16 +1611,20 @@ static int all_selected_done(const fp_coord_t *c, double now)
  * adding). */
 static fp_status commit_round(fp_coord_t *c)
 {
-    fp_status st;
-    /* Δ̄ goes into the first receive slot's buffer: no push uses it now. */
+    fp_status st = FP_OK;
+    /* The mean strategies apply Δ̄ = Σ/W straight from the running sum (no P-float buffer); the
+     * buffering ones put it into the first receive slot's buffer: no push uses it now. */
+    const int from_sum = !fp_strategy_buffers(c->o.strategy.kind);
     slot_t *s0 = &c->slots[0];
-    if (!s0->buf && !(s0->buf = fp_buffer_alloc(c->P)))
-        return FP_FAIL(FP_ERR_NOMEM, "aggregate buffer");
-    pthread_mutex_lock(&c->agg_mu);
-    st = fp_agg_result(c->agg, s0->buf);
-    pthread_mutex_unlock(&c->agg_mu);
-    if (st != FP_OK)
-        return st;
+    if (!from_sum) {
+        if (!s0->buf && !(s0->buf = fp_buffer_alloc(c->P)))
+            return FP_FAIL(FP_ERR_NOMEM, "aggregate buffer");
+        pthread_mutex_lock(&c->agg_mu);
+        st = fp_agg_result(c->agg, s0->buf);
+        pthread_mutex_unlock(&c->agg_mu);
+        if (st != FP_OK)
+            return st;
+    }
     /* Wait until no pull streams the old model, then update it in place. */
     pthread_mutex_lock(&c->mu);
     c->phase = FEDPROF__V1__ROUND_PHASE__ROUND_PHASE_COMMIT;
@@ -1538,7 +1635,13 @@ static fp_status commit_round(fp_coord_t *c)
         return FP_OK; /* stopping: the round is simply not committed */
     }
     /* Pulls wait for the lock; the model changes under it (O(P), once per round). */
-    st = fp_sopt_apply(c->sopt, c->model.w, s0->buf);
+    if (from_sum) {
+        pthread_mutex_lock(&c->agg_mu); /* c->mu, then agg_mu: on_push never holds both */
+        st = fp_sopt_apply_agg(c->sopt, c->model.w, c->agg);
+        pthread_mutex_unlock(&c->agg_mu);
+    } else {
+        st = fp_sopt_apply(c->sopt, c->model.w, s0->buf);
+    }
     if (st == FP_OK) {
         c->model.version++;
         c->committed++;
@@ -1581,9 +1684,14 @@ fp_status fp_coord_run(fp_coord_t *c)
         c->phase = FEDPROF__V1__ROUND_PHASE__ROUND_PHASE_SELECT;
         c->round_id++;
         c->received = 0;
+        /* Zero the running sum (8·P bytes: ~1 s at 25M parameters) without c->mu, so that Join, GetTask,
+         * PullModel and Status go on meanwhile: no push adds outside TRAIN (c->adding is 0 since the
+         * last AGGREGATE and a push checks the phase under c->mu before adding). */
+        pthread_mutex_unlock(&c->mu);
         pthread_mutex_lock(&c->agg_mu);
         fp_agg_reset(c->agg);
         pthread_mutex_unlock(&c->agg_mu);
+        pthread_mutex_lock(&c->mu);
         double t0 = fp_now();
         c->selected = select_members(c, t0);
         c->round_deadline = t0 + o->round_timeout_s;

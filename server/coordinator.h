@@ -30,9 +30,19 @@
  * client names itself in JoinRequest.insecure_name.
  *
  * Memory: the global model (4·P bytes), the running sum (8·P, double), and one receive buffer
- * (4·P) per concurrent push (max_concurrent_pushes, default 1: later pushes wait their turn),
- * so 4× the model size with the defaults and the mean strategies; FedAvgM adds 4·P, the
- * adaptive ones 8·P; median and trimmed mean buffer every update (4·P each).
+ * (4·P) per concurrent push (max_concurrent_pushes, default 1: later pushes wait their turn);
+ * the mean strategies commit Δ̄ = Σ/W straight from the running sum (fp_sopt_apply_agg, no
+ * result buffer); FedAvgM adds 4·P, the adaptive ones 8·P; median and trimmed mean buffer every
+ * update (4·P each) and their result (4·P). For a large model (4·P >= 32 MiB, or spill_updates
+ * 1) with a mean strategy the receive buffer is a shared mapping of an unlinked file in
+ * checkpoint_dir instead: its pages are dropped from the process every 4 MiB received and after
+ * each 4 MiB range is checked and added to the running sum, so it costs the process ~4 MiB
+ * instead of 4·P; the price is page cache and disk writes (4·P per push, overwritten in place by
+ * the next push: the file stays 4·P per receive buffer) and re-reading the update from the page
+ * cache (or disk, under memory pressure) to aggregate it. So a large model with FedAvg costs
+ * 12·P plus the process (~20 MB), transfers in flight and freed transfer memory kept for reuse
+ * (~100 MB): 4.0-4.2 × 4·P measured with 50 clients and 25M parameters (docs/BENCHMARKS.md).
+ * Pulls: ≈ 2.4 MB of stream and transport buffers each, max_concurrent_pulls (default 8) at once.
  *
  * Crash safety: kill -9 at any moment and a restart with the same checkpoint_dir resumes from the
  * last committed round; an uncommitted round is run again from the start and nothing is counted
@@ -84,6 +94,11 @@ typedef struct {
     double done_linger_s;           /* how long DONE is served before fp_coord_run returns */
     int uniform_weights;            /* 0: weight updates by examples (example_count_bucket), 1: uniform */
     int max_concurrent_pushes;      /* receive buffers, >= 1 */
+    int spill_updates;              /* receive buffers in unlinked files of checkpoint_dir instead of RAM:
+                                     * -1 (default) when 4·P >= 32 MiB, 0 never, 1 always; mean
+                                     * strategies only (median and trimmed mean keep every update) */
+    int max_concurrent_pulls;       /* models streamed at once (≈ 2.4 MB of buffers each), >= 1; later
+                                     * pulls wait their turn (default 8) */
     fp_strategy_opts_t strategy;
     fp_coord_plan_t plan;
     const char *checkpoint_dir;     /* required: state + final model */

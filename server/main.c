@@ -3,6 +3,9 @@
  *   fedprof-server status --server HOST:PORT [--ca F --cert F --key F | --insecure] [--json]
  * Flags override the config file; the file overrides the defaults (common/config.h). */
 #include <signal.h>
+#ifdef __GLIBC__
+#include <malloc.h>
+#endif
 #include <stdio.h>
 #include <stdlib.h>
 #include <string.h>
@@ -233,6 +236,9 @@ static int cmd_run(int argc, char **argv)
     o.checkpoint_dir = cfg.server.checkpoint_dir;
     o.federation_id = cfg.server.federation_id;
     o.select_seed = cfg.server.select_seed;
+    o.max_concurrent_pushes = cfg.server.max_concurrent_pushes;
+    o.max_concurrent_pulls = cfg.server.max_concurrent_pulls;
+    o.spill_updates = cfg.server.spill_updates;
     o.quiet = quiet;
 
     fp_coord_t *c = NULL;
@@ -324,8 +330,23 @@ static void usage(void)
            "(COMMAND --help for its options)\n");
 }
 
+/* At most two malloc arenas (glibc's default: 8 per core). common/wire runs every call on its own
+ * thread and keeps freed transfer memory for reuse (its malloc tuning); with an arena per thread
+ * that memory piles up in each arena: 479 -> 398-412 MB peak for a 100 MB model and 50 clients
+ * (docs/BENCHMARKS.md, "Coordinator memory"), no slower. MALLOC_ARENA_MAX or a glibc.malloc
+ * tunable in the environment wins. */
+static void server_tune_malloc(void)
+{
+#ifdef __GLIBC__
+    const char *tun = getenv("GLIBC_TUNABLES");
+    if (!getenv("MALLOC_ARENA_MAX") && !(tun && strstr(tun, "glibc.malloc.arena_max")))
+        (void)mallopt(M_ARENA_MAX, 2);
+#endif
+}
+
 int main(int argc, char **argv)
 {
+    server_tune_malloc();
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help"))) {
         usage();
         return 0;

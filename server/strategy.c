@@ -349,6 +349,50 @@ fp_status fp_agg_add(fp_agg_t *a, const float *delta, double weight)
     return FP_OK;
 }
 
+fp_status fp_agg_add_check(const fp_agg_t *a, double weight)
+{
+    if (!a)
+        return FP_FAIL(FP_ERR_INVALID, "fp_agg_add_check: NULL aggregator");
+    if (fp_strategy_buffers(a->o.kind))
+        return FP_FAIL(FP_ERR_INVALID, "ranged adding is for the mean strategies (this one buffers updates)");
+    if (a->n >= a->max_updates)
+        return FP_FAIL(FP_ERR_RANGE, "aggregator full: %zu updates already added this round", a->max_updates);
+    if (!(weight >= STRAT_WEIGHT_MIN && weight <= STRAT_WEIGHT_MAX))
+        return FP_FAIL(FP_ERR_RANGE, "update weight %g outside [%g, %g]", weight, STRAT_WEIGHT_MIN,
+                       STRAT_WEIGHT_MAX);
+    return FP_OK;
+}
+
+fp_status fp_agg_add_range(fp_agg_t *a, size_t offset, const float *delta, size_t n, double weight)
+{
+    fp_status st = fp_agg_add_check(a, weight);
+    if (st != FP_OK)
+        return st;
+    if (!delta && n > 0)
+        return FP_FAIL(FP_ERR_INVALID, "fp_agg_add_range: NULL delta");
+    if (offset > a->P || n > a->P - offset)
+        return FP_FAIL(FP_ERR_RANGE, "update range [%zu, %zu + %zu) outside the %zu parameters", offset, offset, n,
+                       a->P);
+    size_t bad = first_non_finite(delta, n);
+    if (bad < n)
+        return FP_FAIL(FP_ERR_NUMERIC, "update value %zu is not finite (%g)", offset + bad, (double)delta[bad]);
+    double *s = a->sum + offset;
+#pragma omp parallel for schedule(static) if (n >= STRAT_PAR_MIN)
+    for (size_t j = 0; j < n; j++)
+        s[j] += weight * (double)delta[j];
+    return FP_OK;
+}
+
+fp_status fp_agg_commit_update(fp_agg_t *a, double weight)
+{
+    fp_status st = fp_agg_add_check(a, weight);
+    if (st != FP_OK)
+        return st;
+    a->wsum += weight;
+    a->n++;
+    return FP_OK;
+}
+
 size_t fp_agg_count(const fp_agg_t *a) { return a ? a->n : 0; }
 
 static fp_status robust_result(fp_agg_t *a, float *out)
@@ -547,10 +591,15 @@ static inline int sopt_coord(const fp_sopt_t *s, size_t j, float w0, float d0, f
     return ok;
 }
 
-fp_status fp_sopt_apply(fp_sopt_t *s, float *w, const float *delta_bar)
+/* Δ̄[j]: delta_bar[j], or, without delta_bar, the mean Σ/W computed as fp_agg_result does. */
+static inline float delta_at(const float *delta_bar, const double *sum, double W, size_t j)
 {
-    if (!s || !w || !delta_bar)
-        return FP_FAIL(FP_ERR_INVALID, "fp_sopt_apply: NULL argument");
+    return delta_bar ? delta_bar[j] : (float)(sum[j] / W);
+}
+
+/* fp_sopt_apply from delta_bar or, when it is NULL, from the running sum and Σw of a mean aggregator. */
+static fp_status sopt_apply(fp_sopt_t *s, float *w, const float *delta_bar, const double *sum, double W)
+{
     const size_t P = s->P;
     /* Pass 1 checks every new value without writing; pass 2 recomputes and writes. Twice the
      * arithmetic of one pass, but no scratch copy of w, m and v, and nothing changes on refusal. */
@@ -558,19 +607,19 @@ fp_status fp_sopt_apply(fp_sopt_t *s, float *w, const float *delta_bar)
 #pragma omp parallel for schedule(static) reduction(min : bad) if (P >= STRAT_PAR_MIN)
     for (size_t j = 0; j < P; j++) {
         float w1, m1 = 0.0f, v1 = 0.0f;
-        if (!sopt_coord(s, j, w[j], delta_bar[j], &w1, &m1, &v1) && j < bad)
+        if (!sopt_coord(s, j, w[j], delta_at(delta_bar, sum, W, j), &w1, &m1, &v1) && j < bad)
             bad = j;
     }
     if (bad < P)
         return FP_FAIL(FP_ERR_NUMERIC,
                        "%s step refused: parameter %zu would become non-finite (w %g, update %g); model and "
                        "optimizer state unchanged",
-                       fp_strategy_name(s->o.kind), bad, (double)w[bad], (double)delta_bar[bad]);
+                       fp_strategy_name(s->o.kind), bad, (double)w[bad], (double)delta_at(delta_bar, sum, W, bad));
     float *m = s->m, *v = s->v;
 #pragma omp parallel for schedule(static) if (P >= STRAT_PAR_MIN)
     for (size_t j = 0; j < P; j++) {
         float w1, m1 = 0.0f, v1 = 0.0f;
-        (void)sopt_coord(s, j, w[j], delta_bar[j], &w1, &m1, &v1);
+        (void)sopt_coord(s, j, w[j], delta_at(delta_bar, sum, W, j), &w1, &m1, &v1);
         w[j] = w1;
         if (m)
             m[j] = m1;
@@ -579,6 +628,27 @@ fp_status fp_sopt_apply(fp_sopt_t *s, float *w, const float *delta_bar)
     }
     s->steps++;
     return FP_OK;
+}
+
+fp_status fp_sopt_apply(fp_sopt_t *s, float *w, const float *delta_bar)
+{
+    if (!s || !w || !delta_bar)
+        return FP_FAIL(FP_ERR_INVALID, "fp_sopt_apply: NULL argument");
+    return sopt_apply(s, w, delta_bar, NULL, 0.0);
+}
+
+fp_status fp_sopt_apply_agg(fp_sopt_t *s, float *w, const fp_agg_t *a)
+{
+    if (!s || !w || !a)
+        return FP_FAIL(FP_ERR_INVALID, "fp_sopt_apply_agg: NULL argument");
+    if (fp_strategy_buffers(a->o.kind))
+        return FP_FAIL(FP_ERR_INVALID, "fp_sopt_apply_agg: the %s aggregator has no running sum",
+                       fp_strategy_name(a->o.kind));
+    if (a->P != s->P)
+        return FP_FAIL(FP_ERR_INVALID, "fp_sopt_apply_agg: %zu aggregated parameters, %zu optimised", a->P, s->P);
+    if (a->n == 0)
+        return FP_FAIL(FP_ERR_INVALID, "fp_sopt_apply_agg: no update was added this round");
+    return sopt_apply(s, w, NULL, a->sum, a->wsum);
 }
 
 int fp_sopt_n_state(const fp_sopt_t *s) { return s ? s->n_state : 0; }

@@ -98,6 +98,18 @@ void fp_agg_destroy(fp_agg_t *a); /* NULL is a no-op */
  * FP_ERR_NOMEM (buffering strategies: the next update's buffer); nothing is added then. */
 fp_status fp_agg_add(fp_agg_t *a, const float *delta, double weight);
 
+/* The same in pieces, for an update that is never whole in memory (the coordinator's spilled
+ * receive buffers), mean strategies only (FP_ERR_INVALID for median and trimmed mean, which
+ * buffer the update). fp_agg_add_check: the checks of fp_agg_add for one more update of this
+ * weight (nothing changes). fp_agg_add_range: sum[offset .. offset+n) += weight × delta[0..n);
+ * the same checks, plus the range (FP_ERR_RANGE) and delta finite (FP_ERR_NUMERIC), nothing
+ * added on an error. fp_agg_commit_update: counts the update (its weight into Σw). The caller
+ * adds ranges covering [0, n_params) once each, under its own lock, after validating the whole
+ * update (a range already added cannot be taken back), then commits. */
+fp_status fp_agg_add_check(const fp_agg_t *a, double weight);
+fp_status fp_agg_add_range(fp_agg_t *a, size_t offset, const float *delta, size_t n, double weight);
+fp_status fp_agg_commit_update(fp_agg_t *a, double weight);
+
 /* Updates added since the last reset. */
 size_t fp_agg_count(const fp_agg_t *a);
 
@@ -130,6 +142,11 @@ void fp_sopt_destroy(fp_sopt_t *s); /* NULL is a no-op */
  * new w, m or v would hold NaN/Inf or exceed the float range (a non-finite delta_bar, an overflow,
  * a corrupt loaded state): then w, the state and steps are all untouched. */
 fp_status fp_sopt_apply(fp_sopt_t *s, float *w, const float *delta_bar);
+
+/* The same with delta_bar = fp_agg_result(a) (bit for bit) computed on the fly from a mean
+ * aggregator's running sum: no P-float result buffer. FP_ERR_INVALID for a buffering strategy's
+ * aggregator, a size mismatch or no update added; a refusal as fp_sopt_apply. */
+fp_status fp_sopt_apply_agg(fp_sopt_t *s, float *w, const fp_agg_t *a);
 
 /* Optimizer state for checkpoints: n_state() float vectors of n_params each (0 for FedAvg and
  * the robust ones, 1 for FedAvgM (m), 2 for the adaptive ones (m, v)), named "m" and "v";

@@ -36,7 +36,8 @@ static int server_equal(const fp_config_t *a, const fp_config_t *b)
            SI_(server.min_updates) && SF_(server.over_selection) && SF_(server.round_timeout_s) &&
            SF_(server.member_timeout_s) && SI_(server.uniform_weights) && SS_(server.strategy) &&
            SF_(server.server_lr) && SF_(server.momentum) && SF_(server.beta1) && SF_(server.beta2) &&
-           SF_(server.tau) && SF_(server.trim_fraction) && SI_(server.init_seed) && SI_(server.select_seed);
+           SF_(server.tau) && SF_(server.trim_fraction) && SI_(server.init_seed) && SI_(server.select_seed) &&
+           SI_(server.max_concurrent_pushes) && SI_(server.max_concurrent_pulls) && SI_(server.spill_updates);
 }
 
 static int federation_equal(const fp_config_t *a, const fp_config_t *b)
@@ -145,6 +146,9 @@ static void test_defaults(void **state)
     assert_true(c.server.trim_fraction == 0.1f);
     assert_true(c.server.init_seed == 42);
     assert_true(c.server.select_seed == 0);
+    assert_int_equal(c.server.max_concurrent_pushes, 1);
+    assert_int_equal(c.server.max_concurrent_pulls, 8);
+    assert_int_equal(c.server.spill_updates, -1);
     assert_int_equal(c.federation.local_epochs, 1);
     assert_int_equal(c.federation.max_steps, 0);
     assert_true(c.federation.fedprox_mu == 0.0f);
@@ -419,6 +423,9 @@ static void test_federation_sections(void **state)
                     "  trim_fraction: 0.2\n"
                     "  init_seed: 7\n"
                     "  select_seed: 18446744073709551615\n"
+                    "  max_concurrent_pushes: 4\n"
+                    "  max_concurrent_pulls: 1\n"
+                    "  spill_updates: 1\n"
                     "federation: {local_epochs: 2, max_steps: 500, fedprox_mu: 0.01, unit: client, clip: 2.5,\n"
                     "             noise_multiplier: 0.8, delta: 1e-6}\n"
                     "client:\n"
@@ -461,6 +468,9 @@ static void test_federation_sections(void **state)
     assert_true(c.server.trim_fraction == 0.2f);
     assert_true(c.server.init_seed == 7);
     assert_true(c.server.select_seed == UINT64_MAX);
+    assert_int_equal(c.server.max_concurrent_pushes, 4);
+    assert_int_equal(c.server.max_concurrent_pulls, 1);
+    assert_int_equal(c.server.spill_updates, 1);
     assert_int_equal(c.federation.local_epochs, 2);
     assert_int_equal(c.federation.max_steps, 500);
     assert_true(c.federation.fedprox_mu == 0.01f);
@@ -670,6 +680,10 @@ static const err_case g_errors[] = {
     {"server:\n  n_items: -1\n", FP_ERR_RANGE, 2, "server.n_items"},
     {"server:\n  n_items: 100000001\n", FP_ERR_RANGE, 2, "server.n_items"},
     {"server:\n  rounds: 0\n", FP_ERR_RANGE, 2, "server.rounds"},
+    {"server:\n  spill_updates: 2\n", FP_ERR_RANGE, 2, "server.spill_updates"},
+    {"server:\n  spill_updates: auto\n", FP_ERR_INVALID, 2, "server.spill_updates"},
+    {"server:\n  max_concurrent_pulls: 0\n", FP_ERR_RANGE, 2, "server.max_concurrent_pulls"},
+    {"server:\n  max_concurrent_pushes: 1025\n", FP_ERR_RANGE, 2, "server.max_concurrent_pushes"},
     {"server:\n  clients_per_round: 100001\n", FP_ERR_RANGE, 2, "server.clients_per_round"},
     {"server:\n  min_clients: 0\n", FP_ERR_RANGE, 2, "server.min_clients"},
     {"server:\n  over_selection: 0.5\n", FP_ERR_RANGE, 2, "server.over_selection: must be in [1, 100]"},

@@ -340,6 +340,7 @@ static void test_mtls_fedavg(void **state)
     assert_int_equal(fp_wire_server_creds_tls(ca, scert, skey, &sc), FP_OK);
     fp_coord_opts_t o;
     coord_defaults(&o, ckpt);
+    o.spill_updates = 1; /* the spilled receive path (by default only for models of 32 MiB and more) */
     o.creds = sc;
     coord_run_t cr;
     coord_start(&cr, &o);
@@ -614,6 +615,7 @@ static void test_hostile_updates(void **state)
     assert_int_equal(fp_wire_creds_insecure(&sc), FP_OK);
     fp_coord_opts_t o;
     coord_defaults(&o, ckpt);
+    o.spill_updates = 1; /* the spilled receive path (by default only for models of 32 MiB and more) */
     o.creds = sc;
     o.insecure = 1;
     o.rounds = 1;

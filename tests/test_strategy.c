@@ -524,6 +524,49 @@ static void test_agg_bad_inputs(void **state)
     free(after);
 }
 
+/* fp_agg_add_range + fp_agg_commit_update (the coordinator's spilled updates) give exactly what
+ * fp_agg_add gives; their checks; the buffering strategies refuse them. */
+static void test_agg_ranged_add(void **state)
+{
+    (void)state;
+    enum { P = 1000, STEP = 300 };
+    float d1[P], d2[P], r1[P], r2[P];
+    for (int j = 0; j < P; j++) {
+        d1[j] = (float)(0.001 * (j % 17) - 0.008);
+        d2[j] = (float)(0.003 * (j % 5) + 0.5);
+    }
+    fp_agg_t *a = agg_new(FP_STRAT_FEDAVG, 0, P, 2), *b = agg_new(FP_STRAT_FEDAVG, 0, P, 2);
+    assert_int_equal(fp_agg_add(a, d1, 3.0), FP_OK);
+    assert_int_equal(fp_agg_add(a, d2, 1.0), FP_OK);
+    const float *d[2] = {d1, d2};
+    const double w[2] = {3.0, 1.0};
+    for (int u = 0; u < 2; u++) {
+        for (size_t o = 0; o < P; o += STEP)
+            assert_int_equal(fp_agg_add_range(b, o, d[u] + o, P - o < STEP ? P - o : STEP, w[u]), FP_OK);
+        assert_int_equal(fp_agg_commit_update(b, w[u]), FP_OK);
+    }
+    assert_int_equal(fp_agg_count(b), 2);
+    assert_int_equal(fp_agg_result(a, r1), FP_OK);
+    assert_int_equal(fp_agg_result(b, r2), FP_OK);
+    assert_memory_equal(r1, r2, sizeof r1);
+    /* Full, out of range, bad weight, non-finite. */
+    assert_int_equal(fp_agg_add_check(b, 1.0), FP_ERR_RANGE);
+    fp_agg_reset(b);
+    assert_int_equal(fp_agg_add_check(b, 1.0), FP_OK);
+    assert_int_equal(fp_agg_add_check(b, 0.0), FP_ERR_RANGE);
+    assert_int_equal(fp_agg_add_range(b, P - 1, d1, 2, 1.0), FP_ERR_RANGE);
+    float bad[2] = {0.0f, NAN};
+    assert_int_equal(fp_agg_add_range(b, 0, bad, 2, 1.0), FP_ERR_NUMERIC);
+    assert_int_equal(fp_agg_count(b), 0);
+    fp_agg_destroy(a);
+    fp_agg_destroy(b);
+    fp_agg_t *m = agg_new(FP_STRAT_MEDIAN, 0, P, 2);
+    assert_int_equal(fp_agg_add_check(m, 1.0), FP_ERR_INVALID);
+    assert_int_equal(fp_agg_add_range(m, 0, d1, P, 1.0), FP_ERR_INVALID);
+    assert_int_equal(fp_agg_commit_update(m, 1.0), FP_ERR_INVALID);
+    fp_agg_destroy(m);
+}
+
 static void test_reset_and_bytes(void **state)
 {
     (void)state;
@@ -686,6 +729,78 @@ static void test_sopt_against_reference(void **state)
     free(mr);
     free(vr);
     free(d);
+}
+
+/* fp_sopt_apply_agg (Δ̄ from the running sum, the coordinator's commit for the mean strategies)
+ * is fp_agg_result + fp_sopt_apply bit for bit, over rounds, for every mean strategy; and its refusals. */
+static void test_sopt_apply_agg(void **state)
+{
+    (void)state;
+    fp_rng_t r;
+    fp_rng_seed(&r, 91);
+    const size_t P = 1031;
+    float *w1 = fmalloc(P), *w2 = fmalloc(P), *d = fmalloc(P), *mean = fmalloc(P);
+    for (int k = 0; k < N_KINDS; k++) {
+        fp_strategy_opts_t o;
+        fp_strategy_defaults(&o, (fp_strategy_kind)k);
+        if (fp_strategy_buffers(o.kind))
+            continue;
+        fp_agg_t *a = agg_new(o.kind, 0, P, 3);
+        fp_sopt_t *s1 = NULL, *s2 = NULL;
+        assert_int_equal(fp_sopt_create(&o, P, &s1), FP_OK);
+        assert_int_equal(fp_sopt_create(&o, P, &s2), FP_OK);
+        assert_int_equal(fp_sopt_apply_agg(s2, w2, a), FP_ERR_INVALID); /* nothing added yet */
+        fill(w1, P, &r, 1.0);
+        memcpy(w2, w1, P * sizeof *w1);
+        for (int round = 0; round < 4; round++) {
+            fp_agg_reset(a);
+            for (int u = 0; u < 3; u++) {
+                fill(d, P, &r, 0.1 * (u + 1));
+                assert_int_equal(fp_agg_add(a, d, 1.0 + 7.0 * u), FP_OK);
+            }
+            assert_int_equal(fp_agg_result(a, mean), FP_OK);
+            assert_int_equal(fp_sopt_apply(s1, w1, mean), FP_OK);
+            assert_int_equal(fp_sopt_apply_agg(s2, w2, a), FP_OK);
+            assert_memory_equal(w1, w2, P * sizeof *w1);
+            for (int i = 0; i < fp_sopt_n_state(s1); i++)
+                assert_memory_equal(fp_sopt_state(s1, i), fp_sopt_state(s2, i), P * sizeof(float));
+            assert_int_equal(fp_sopt_steps(s1), fp_sopt_steps(s2));
+        }
+        /* A mean that would make the model overflow: refused, model and state untouched. */
+        fp_agg_reset(a);
+        for (size_t j = 0; j < P; j++)
+            d[j] = j == 5 ? 3e38f : 0.0f;
+        assert_int_equal(fp_agg_add(a, d, 1.0), FP_OK);
+        w2[5] = 3e38f;
+        memcpy(w1, w2, P * sizeof *w1);
+        if (o.kind == FP_STRAT_FEDAVG) {
+            assert_int_equal(fp_sopt_apply_agg(s2, w2, a), FP_ERR_NUMERIC);
+            assert_memory_equal(w1, w2, P * sizeof *w1);
+            assert_int_equal(fp_sopt_steps(s2), 4);
+        }
+        fp_sopt_t *small = NULL;
+        assert_int_equal(fp_sopt_create(&o, P - 1, &small), FP_OK);
+        assert_int_equal(fp_sopt_apply_agg(small, w2, a), FP_ERR_INVALID);
+        assert_int_equal(fp_sopt_apply_agg(NULL, w2, a), FP_ERR_INVALID);
+        fp_sopt_destroy(small);
+        fp_sopt_destroy(s1);
+        fp_sopt_destroy(s2);
+        fp_agg_destroy(a);
+    }
+    fp_agg_t *m = agg_new(FP_STRAT_MEDIAN, 0, P, 2);
+    fp_strategy_opts_t o;
+    fp_strategy_defaults(&o, FP_STRAT_MEDIAN);
+    fp_sopt_t *s = NULL;
+    assert_int_equal(fp_sopt_create(&o, P, &s), FP_OK);
+    fill(d, P, &r, 1.0);
+    assert_int_equal(fp_agg_add(m, d, 1.0), FP_OK);
+    assert_int_equal(fp_sopt_apply_agg(s, w1, m), FP_ERR_INVALID); /* median has no running sum */
+    fp_sopt_destroy(s);
+    fp_agg_destroy(m);
+    free(w1);
+    free(w2);
+    free(d);
+    free(mean);
 }
 
 /* One coordinate of each rule, worked by hand. */
@@ -862,8 +977,10 @@ int main(void)
         cmocka_unit_test(test_poisoned_update),
         cmocka_unit_test(test_thread_count_independence),
         cmocka_unit_test(test_agg_bad_inputs),
+        cmocka_unit_test(test_agg_ranged_add),
         cmocka_unit_test(test_reset_and_bytes),
         cmocka_unit_test(test_sopt_against_reference),
+        cmocka_unit_test(test_sopt_apply_agg),
         cmocka_unit_test(test_sopt_hand_values),
         cmocka_unit_test(test_sopt_refuses_non_finite),
         cmocka_unit_test(test_sopt_state_roundtrip),
