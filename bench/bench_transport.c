@@ -371,6 +371,11 @@ typedef struct {
     const float *model;       /* served by PullModel: the first n floats, n from the request */
     size_t cap;               /* floats in model, push_dst */
     uint32_t chunk_bytes;
+    /* The model's stream digest per transfer size, computed before any run: PullModel sends it as
+     * the coordinator does (once per model version), without hashing on every call. */
+    int n_digests;
+    uint64_t digest_n[MAX_SIZES];
+    uint8_t digest[MAX_SIZES][FP_TS_DIGEST_LEN];
     fp_ts_reader_t *push_rd;  /* PushUpdate's reader, writes into push_dst */
     uint8_t *push_dst;        /* PushBytes' destination (same buffer) */
     char err[256];            /* last handler failure (for the report) */
@@ -407,8 +412,13 @@ static void h_pull_model(fp_wire_call_t *c, void *user)
     h.param_count = n;
     h.layout_hash = BENCH_LAYOUT;
     h.chunk_bytes = s->chunk_bytes;
+    const uint8_t *digest = NULL;
+    for (int i = 0; i < s->n_digests && !digest; i++)
+        if (s->digest_n[i] == n)
+            digest = s->digest[i];
     fp_ts_writer_t *w = NULL;
-    if (fp_ts_writer_create(&h, s->model, &w) != FP_OK) {
+    if ((digest ? fp_ts_writer_create_digested(&h, s->model, digest, &w) : fp_ts_writer_create(&h, s->model, &w)) !=
+        FP_OK) {
         snprintf(s->err, sizeof s->err, "PullModel writer: %s", fp_error_message());
         fp_wire_call_finish(c, FP_WIRE_INTERNAL, s->err, NULL, 0);
         return;
@@ -965,6 +975,14 @@ int main(int argc, char **argv)
     b.srv.cap = b.cap;
     b.srv.chunk_bytes = b.chunk_bytes;
     b.srv.push_dst = (uint8_t *)b.push_dst;
+    for (int i = 0; i < b.n_sizes; i++) {
+        b.srv.digest_n[i] = b.sizes[i] / 4;
+        if (fp_ts_digest(b.model, b.srv.digest_n[i], b.srv.digest[i]) != FP_OK) {
+            bench_fail("model digest");
+            goto out;
+        }
+    }
+    b.srv.n_digests = b.n_sizes;
     fp_ts_reader_opts_t ro;
     memset(&ro, 0, sizeof ro);
     ro.kind = FP_TS_UPDATE;

@@ -24,7 +24,7 @@
 #error "tensor_stream sends float32 little-endian bytes as they lie in memory: a big-endian host needs swapping"
 #endif
 
-#define SHA256_LEN 32
+#define SHA256_LEN FP_TS_DIGEST_LEN
 #define ARENA_SLACK 4096 /* message structs protobuf-c allocates besides the bytes field */
 #define ERR_KEEP 256     /* bytes of the first refusal's message kept for later feeds */
 
@@ -190,12 +190,50 @@ struct fp_ts_writer {
     uint64_t total;       /* bytes */
     uint64_t pos;         /* next message: 0 header, 1..chunk_count chunks, chunk_count+1 digest */
     msgs_t m;
-    EVP_MD_CTX *sha;
+    EVP_MD_CTX *sha;      /* NULL when the digest is known */
+    int known;            /* sha256 given by the caller (fp_ts_writer_create_digested) */
+    uint8_t sha256[SHA256_LEN];
     uint8_t *buf; /* packed message, reused */
     size_t cap;
 };
 
+fp_status fp_ts_digest(const float *data, uint64_t n, uint8_t sha256[FP_TS_DIGEST_LEN])
+{
+    if ((!data && n > 0) || !sha256)
+        return FP_FAIL(FP_ERR_INVALID, "fp_ts_digest: NULL argument");
+    if (n > FP_TS_MAX_PARAMS || n > SIZE_MAX / 4)
+        return FP_FAIL(FP_ERR_RANGE, "fp_ts_digest: %llu parameters exceed the limit %llu", (unsigned long long)n,
+                       (unsigned long long)FP_TS_MAX_PARAMS);
+    size_t bad_i = first_non_finite(data, (size_t)n);
+    if (bad_i < n)
+        return FP_FAIL(FP_ERR_NUMERIC, "fp_ts_digest: element %zu is %s", bad_i, nonfinite_name(data[bad_i]));
+    unsigned int dl = 0;
+    if (EVP_Digest(data, (size_t)n * 4, sha256, &dl, EVP_sha256(), NULL) != 1 || dl != SHA256_LEN)
+        return FP_FAIL(FP_ERR_INTERNAL, "fp_ts_digest: SHA-256 failed");
+    return FP_OK;
+}
+
+static fp_status writer_create(const fp_ts_header_t *h, const float *data, const uint8_t *known_sha256,
+                               fp_ts_writer_t **out);
+
 fp_status fp_ts_writer_create(const fp_ts_header_t *h, const float *data, fp_ts_writer_t **out)
+{
+    return writer_create(h, data, NULL, out);
+}
+
+fp_status fp_ts_writer_create_digested(const fp_ts_header_t *h, const float *data,
+                                       const uint8_t sha256[FP_TS_DIGEST_LEN], fp_ts_writer_t **out)
+{
+    if (!sha256) {
+        if (out)
+            *out = NULL;
+        return FP_FAIL(FP_ERR_INVALID, "fp_ts_writer_create_digested: NULL digest");
+    }
+    return writer_create(h, data, sha256, out);
+}
+
+static fp_status writer_create(const fp_ts_header_t *h, const float *data, const uint8_t *known_sha256,
+                               fp_ts_writer_t **out)
 {
     if (!out)
         return FP_FAIL(FP_ERR_INVALID, "fp_ts_writer_create: NULL out");
@@ -224,10 +262,12 @@ fp_status fp_ts_writer_create(const fp_ts_header_t *h, const float *data, fp_ts_
         if (h->clip_bound < 0)
             return FP_FAIL(FP_ERR_INVALID, "fp_ts_writer_create: clip_bound %g is negative", h->clip_bound);
     }
-    size_t bad_i = first_non_finite(data, (size_t)h->param_count);
-    if (bad_i < h->param_count)
-        return FP_FAIL(FP_ERR_NUMERIC, "fp_ts_writer_create: element %zu is %s", bad_i,
-                       nonfinite_name(data[bad_i]));
+    if (!known_sha256) { /* with a known digest the caller vouches for the values (fp_ts_digest checked them) */
+        size_t bad_i = first_non_finite(data, (size_t)h->param_count);
+        if (bad_i < h->param_count)
+            return FP_FAIL(FP_ERR_NUMERIC, "fp_ts_writer_create: element %zu is %s", bad_i,
+                           nonfinite_name(data[bad_i]));
+    }
 
     fp_status st = FP_OK;
     fp_ts_writer_t *w = calloc(1, sizeof *w);
@@ -247,6 +287,10 @@ fp_status fp_ts_writer_create(const fp_ts_header_t *h, const float *data, fp_ts_
     }
     w->bytes = (const uint8_t *)data;
     w->total = h->param_count * 4;
+    if (known_sha256) {
+        w->known = 1;
+        memcpy(w->sha256, known_sha256, SHA256_LEN);
+    }
     msgs_init(&w->m);
     msgs_set_header(&w->m, &w->h);
 
@@ -265,9 +309,16 @@ fp_status fp_ts_writer_create(const fp_ts_header_t *h, const float *data, fp_ts_
         need = 64; /* the digest: 32 bytes + total_bytes + tags */
     w->cap = need;
     w->buf = malloc(w->cap);
-    w->sha = EVP_MD_CTX_new();
-    if (!w->buf || !w->sha) {
+    if (!w->buf) {
         st = FP_FAIL(FP_ERR_NOMEM, "fp_ts_writer_create: %zu-byte message buffer", w->cap);
+        goto fail;
+    }
+    if (w->known) {
+        *out = w;
+        return FP_OK;
+    }
+    if (!(w->sha = EVP_MD_CTX_new())) {
+        st = FP_FAIL(FP_ERR_NOMEM, "fp_ts_writer_create: SHA-256 context");
         goto fail;
     }
     if (EVP_DigestInit_ex(w->sha, EVP_sha256(), NULL) != 1) {
@@ -298,13 +349,15 @@ fp_status fp_ts_writer_next(fp_ts_writer_t *w, const uint8_t **msg, size_t *len)
         w->m.ch.offset = off;
         w->m.ch.data.len = (size_t)n;
         w->m.ch.data.data = (uint8_t *)(w->bytes + off); /* protobuf-c's field is not const; pack only reads */
-        if (EVP_DigestUpdate(w->sha, w->bytes + off, (size_t)n) != 1)
+        if (!w->known && EVP_DigestUpdate(w->sha, w->bytes + off, (size_t)n) != 1)
             return FP_FAIL(FP_ERR_INTERNAL, "fp_ts_writer_next: SHA-256 update failed");
         m = msgs_wrap(&w->m, w->h.kind, BODY_CHUNK);
     } else if (w->pos == cc + 1) {
         uint8_t d[SHA256_LEN];
         unsigned int dl = 0;
-        if (EVP_DigestFinal_ex(w->sha, d, &dl) != 1 || dl != SHA256_LEN)
+        if (w->known)
+            memcpy(d, w->sha256, SHA256_LEN);
+        else if (EVP_DigestFinal_ex(w->sha, d, &dl) != 1 || dl != SHA256_LEN)
             return FP_FAIL(FP_ERR_INTERNAL, "fp_ts_writer_next: SHA-256 final failed");
         w->m.dg.sha256.data = d;
         w->m.dg.sha256.len = SHA256_LEN;

@@ -117,6 +117,18 @@ typedef struct fp_ts_writer fp_ts_writer_t;
  * finite clip/noise numbers. Free with fp_ts_writer_destroy. */
 fp_status fp_ts_writer_create(const fp_ts_header_t *h, const float *data, fp_ts_writer_t **out);
 
+/* Bytes of a stream's SHA-256 digest. */
+#define FP_TS_DIGEST_LEN 32
+/* The digest a writer sends for data[0..n): SHA-256 of its float32 bytes, after checking every
+ * value is finite (FP_ERR_NUMERIC naming the element). For data served many times unchanged (the
+ * coordinator's global model, once per version). */
+fp_status fp_ts_digest(const float *data, uint64_t n, uint8_t sha256[FP_TS_DIGEST_LEN]);
+/* fp_ts_writer_create for data whose digest is known: sha256 is what fp_ts_digest gave for
+ * data[0..h->param_count), and data has not changed since. The writer sends it without hashing
+ * or checking the values again (the stream is byte for byte the one fp_ts_writer_create makes);
+ * a wrong digest makes every reader refuse the stream (DIGEST). */
+fp_status fp_ts_writer_create_digested(const fp_ts_header_t *h, const float *data,
+                                       const uint8_t sha256[FP_TS_DIGEST_LEN], fp_ts_writer_t **out);
 /* The next packed message: (*msg, *len) is valid until the next call or destroy (the writer owns
  * it). After the digest, returns FP_OK with *msg = NULL and *len = 0. */
 fp_status fp_ts_writer_next(fp_ts_writer_t *w, const uint8_t **msg, size_t *len);

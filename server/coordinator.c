@@ -55,7 +55,9 @@ typedef struct {
 typedef struct {
     float *w;
     uint64_t version;
-    int refs; /* pulls streaming it */
+    int refs;                           /* pulls streaming it */
+    uint8_t sha256[FP_TS_DIGEST_LEN];   /* the stream digest of w (fp_ts_digest), set whenever w changes:
+                                         * every pull sends it instead of hashing 4·P bytes again */
 } snap_t;
 
 typedef struct {
@@ -575,7 +577,7 @@ static void on_pull(fp_wire_call_t *call, void *user)
     }
     fp_ts_writer_t *w = NULL;
     uint64_t sent = 0;
-    fp_status st = fp_ts_writer_create(&h, s->w, &w);
+    fp_status st = fp_ts_writer_create_digested(&h, s->w, s->sha256, &w); /* w is fixed while refs > 0 */
     if (st != FP_OK) {
         code = FP_WIRE_INTERNAL;
         msg = "cannot stream the model";
@@ -1457,6 +1459,8 @@ fp_status fp_coord_create(const fp_coord_opts_t *o, fp_coord_t **out)
     int found = 0;
     if ((st = load_state(c, &found)) != FP_OK)
         goto fail;
+    if ((st = fp_ts_digest(c->model.w, c->P, c->model.sha256)) != FP_OK)
+        goto fail;
     if (found && !o->quiet)
         fp_log_info("resuming from %s/%s: %" PRIu64 " of %d rounds committed, model version %" PRIu64, c->ckpt_dir,
                     COORD_STATE_FILE, c->committed, o->rounds, c->model.version);
@@ -1642,6 +1646,8 @@ static fp_status commit_round(fp_coord_t *c)
     } else {
         st = fp_sopt_apply(c->sopt, c->model.w, s0->buf);
     }
+    if (st == FP_OK) /* the new model's stream digest, before any pull can see it (pulls wait for c->mu) */
+        st = fp_ts_digest(c->model.w, c->P, c->model.sha256);
     if (st == FP_OK) {
         c->model.version++;
         c->committed++;

@@ -849,6 +849,85 @@ static void test_garbage(void **state)
     free(x);
 }
 
+/* ---- a known digest (the coordinator's model, hashed once per version) -------------------------- */
+
+static void write_stream_digested(const fp_ts_header_t *h, const float *x, const uint8_t *sha, stream_t *s)
+{
+    fp_ts_writer_t *w = NULL;
+    assert_int_equal(fp_ts_writer_create_digested(h, x, sha, &w), FP_OK);
+    for (;;) {
+        const uint8_t *m;
+        size_t n;
+        assert_int_equal(fp_ts_writer_next(w, &m, &n), FP_OK);
+        if (!m)
+            break;
+        stream_push(s, m, n);
+    }
+    fp_ts_writer_destroy(w);
+}
+
+static void test_known_digest(void **state)
+{
+    (void)state;
+    const size_t ns[] = {1, 16, 17, 1000};
+    for (size_t k = 0; k < sizeof ns / sizeof ns[0]; k++) {
+        const size_t n = ns[k];
+        float *x = make_data(n, 40 + k);
+        uint8_t d[FP_TS_DIGEST_LEN], want[32];
+        assert_int_equal(fp_ts_digest(x, n, d), FP_OK);
+        sha256(x, n * sizeof *x, want);
+        assert_memory_equal(d, want, 32);
+        /* the same stream, byte for byte, as the hashing writer's */
+        fp_ts_header_t h = hdr(FP_TS_MODEL, n, 64);
+        stream_t a = {0}, b = {0};
+        write_stream(&h, x, &a);
+        write_stream_digested(&h, x, d, &b);
+        assert_int_equal(a.count, b.count);
+        for (size_t i = 0; i < a.count; i++) {
+            assert_int_equal(a.n[i], b.n[i]);
+            assert_memory_equal(a.p[i], b.p[i], a.n[i]);
+        }
+        /* and it reads back */
+        fp_ts_reader_opts_t o = opts(FP_TS_MODEL, n);
+        fp_ts_reader_t *r = NULL;
+        assert_int_equal(fp_ts_reader_create(&o, &r), FP_OK);
+        assert_int_equal(feed_all(r, &b, NULL), FP_OK);
+        assert_int_equal(fp_ts_reader_finish(r), FP_OK);
+        size_t got = 0;
+        const float *y = fp_ts_reader_data(r, &got);
+        assert_int_equal(got, n);
+        assert_memory_equal(y, x, n * sizeof *x);
+        fp_ts_reader_destroy(r);
+        stream_free(&b);
+        /* a digest that is not the data's: the writer sends it as given and every reader refuses */
+        d[k % 32] ^= 0x40;
+        memset(&b, 0, sizeof b);
+        write_stream_digested(&h, x, d, &b);
+        expect_refused(&o, &b, b.count - 1, FP_ERR_PARSE, FP_TS_REJECT_DIGEST, "does not match the digest");
+        stream_free(&a);
+        stream_free(&b);
+        free(x);
+    }
+    /* fp_ts_digest checks the values and its arguments */
+    float bad[3] = {1.0f, NAN, 2.0f};
+    uint8_t d[FP_TS_DIGEST_LEN];
+    assert_int_equal(fp_ts_digest(bad, 3, d), FP_ERR_NUMERIC);
+    assert_non_null(strstr(fp_error_message(), "element 1"));
+    bad[1] = -INFINITY;
+    assert_int_equal(fp_ts_digest(bad, 3, d), FP_ERR_NUMERIC);
+    assert_int_equal(fp_ts_digest(NULL, 3, d), FP_ERR_INVALID);
+    assert_int_equal(fp_ts_digest(bad, 1, NULL), FP_ERR_INVALID);
+    assert_int_equal(fp_ts_digest(bad, FP_TS_MAX_PARAMS + 1, d), FP_ERR_RANGE);
+    fp_ts_writer_t *w = (fp_ts_writer_t *)1;
+    fp_ts_header_t h = hdr(FP_TS_MODEL, 3, 0);
+    assert_int_equal(fp_ts_writer_create_digested(&h, bad, NULL, &w), FP_ERR_INVALID);
+    assert_null(w);
+    w = (fp_ts_writer_t *)1;
+    h.chunk_bytes = 62; /* the header is still checked */
+    assert_int_equal(fp_ts_writer_create_digested(&h, bad, d, &w), FP_ERR_INVALID);
+    assert_null(w);
+}
+
 /* ---- arguments ------------------------------------------------------------------------------ */
 
 static void test_bad_arguments(void **state)
@@ -904,7 +983,7 @@ int main(void)
         cmocka_unit_test(test_round_trip_sizes), cmocka_unit_test(test_empty_refused),
         cmocka_unit_test(test_header_refusals),  cmocka_unit_test(test_order_refusals),
         cmocka_unit_test(test_non_finite),       cmocka_unit_test(test_garbage),
-        cmocka_unit_test(test_bad_arguments),
+        cmocka_unit_test(test_bad_arguments),    cmocka_unit_test(test_known_digest),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
