@@ -26,6 +26,7 @@
 #include <stdlib.h>
 #include <string.h>
 #include <strings.h>
+#include <time.h>
 
 #include <grpc/byte_buffer.h>
 #include <grpc/byte_buffer_reader.h>
@@ -39,11 +40,14 @@
 #define WIRE_METHOD_MAX 256
 /* Call requests kept posted on the server; gRPC queues calls that arrive while none is posted. */
 #define WIRE_POSTED_REQUESTS 4
-/* How often the server loop wakes up to join finished handler threads (ms). */
+/* How often the server loop wakes up to free finished calls and join exited workers (ms). */
 #define WIRE_REAP_MS 200
-/* Calls served at once (one thread each); more are refused with RESOURCE_EXHAUSTED so that peers
- * cannot make the server start threads without bound. */
+/* Calls served at once (one worker thread each); more are refused with RESOURCE_EXHAUSTED so that
+ * peers cannot make the server start threads without bound. */
 #define WIRE_MAX_ACTIVE_CALLS 1024
+/* A worker whose call ended waits this long for the next call before it exits (ms): steady traffic
+ * reuses threads instead of paying a thread's creation, first-touch faults and teardown per call. */
+#define WIRE_WORKER_IDLE_MS 30000
 /* Concurrent streams one connection may open (HTTP/2 SETTINGS); further calls wait client-side. */
 #define WIRE_MAX_STREAMS_PER_CONN 64
 
@@ -388,10 +392,10 @@ struct fp_wire_call {
     wire_buf rbuf;
     /* Tags: distinct addresses inside this context. */
     char tag_op, tag_close;
-    /* Handler thread; done is guarded by srv->mu. */
-    pthread_t thread;
+    /* Served by a worker thread; done is guarded by srv->mu. */
     int done;
-    fp_wire_call_t *next;
+    fp_wire_call_t *next;         /* in srv->calls */
+    fp_wire_call_t *next_pending; /* in srv->pending */
 };
 
 struct fp_wire_server {
@@ -405,10 +409,28 @@ struct fp_wire_server {
     int loop_started;
     pthread_mutex_t mu;
     int shutting_down;     /* guarded by mu */
-    fp_wire_call_t *calls; /* calls with a handler thread, guarded by mu */
+    fp_wire_call_t *calls; /* calls handed to a worker and not yet freed, guarded by mu */
     size_t n_calls;        /* length of calls, guarded by mu */
+    /* Worker threads (guarded by mu): each runs calls one after another and exits after
+     * WIRE_WORKER_IDLE_MS without one, or at shutdown. pending holds calls handed to idle workers;
+     * n_idle is the idle workers not yet promised a pending call (so n_idle > 0 means a call put in
+     * pending is taken without a new thread). */
+    struct wire_worker *workers;
+    size_t n_workers;
+    fp_wire_call_t *pending, **pending_tail;
+    size_t n_idle;
+    int workers_stop;
+    pthread_cond_t work_cv;
     char shutdown_tag;
 };
+
+typedef struct wire_worker {
+    pthread_t thread;
+    fp_wire_server_t *srv;
+    fp_wire_call_t *first; /* the call it was started for */
+    int exited;            /* guarded by srv->mu */
+    struct wire_worker *next;
+} wire_worker_t;
 
 static void call_free(fp_wire_call_t *c)
 {
@@ -466,9 +488,9 @@ static void call_read_identity(fp_wire_call_t *c)
     grpc_auth_context_release(ac);
 }
 
-static void *call_thread(void *arg)
+/* Serve one call on the current worker thread. */
+static void call_serve(fp_wire_call_t *c)
 {
-    fp_wire_call_t *c = arg;
     /* RECV_CLOSE_ON_SERVER first, alone: it completes when the call ends (or is cancelled), which is
      * how fp_wire_call_cancelled learns about it. Its tag is plucked before the call is released. */
     grpc_op op;
@@ -493,10 +515,44 @@ static void *call_thread(void *arg)
     pthread_mutex_lock(&c->srv->mu);
     c->done = 1;
     pthread_mutex_unlock(&c->srv->mu);
+}
+
+static void *worker_main(void *arg)
+{
+    wire_worker_t *w = arg;
+    fp_wire_server_t *s = w->srv;
+    fp_wire_call_t *c = w->first;
+    pthread_mutex_lock(&s->mu);
+    for (;;) {
+        pthread_mutex_unlock(&s->mu);
+        call_serve(c);
+        pthread_mutex_lock(&s->mu);
+        s->n_idle++;
+        struct timespec until;
+        clock_gettime(CLOCK_MONOTONIC, &until);
+        until.tv_sec += WIRE_WORKER_IDLE_MS / 1000;
+        until.tv_nsec += (long)(WIRE_WORKER_IDLE_MS % 1000) * 1000000L;
+        if (until.tv_nsec >= 1000000000L) {
+            until.tv_sec++;
+            until.tv_nsec -= 1000000000L;
+        }
+        int timed_out = 0;
+        while (!s->pending && !s->workers_stop && !timed_out)
+            timed_out = pthread_cond_timedwait(&s->work_cv, &s->mu, &until) == ETIMEDOUT;
+        if (!s->pending) { /* stopping, or idle too long: this worker's idle slot goes with it */
+            s->n_idle--;
+            break;
+        }
+        c = s->pending; /* promised to an idle worker: the dispatcher already took one off n_idle */
+        if (!(s->pending = c->next_pending))
+            s->pending_tail = &s->pending;
+    }
+    w->exited = 1;
+    pthread_mutex_unlock(&s->mu);
     return NULL;
 }
 
-/* Start the handler thread of an accepted call. The loop thread owns c until then. */
+/* Hand an accepted call to a worker: an idle one, else a new one. The loop thread owns c until then. */
 static void server_dispatch(fp_wire_server_t *s, fp_wire_call_t *c)
 {
     size_t ml = GRPC_SLICE_LENGTH(c->details.method);
@@ -515,7 +571,31 @@ static void server_dispatch(fp_wire_server_t *s, fp_wire_call_t *c)
     call_read_identity(c);
 
     pthread_mutex_lock(&s->mu);
-    int rc = s->n_calls >= WIRE_MAX_ACTIVE_CALLS ? -1 : pthread_create(&c->thread, NULL, call_thread, c);
+    int rc = 0;
+    if (s->n_calls >= WIRE_MAX_ACTIVE_CALLS) {
+        rc = -1;
+    } else if (s->n_idle > 0) {
+        s->n_idle--;
+        c->next_pending = NULL;
+        *s->pending_tail = c;
+        s->pending_tail = &c->next_pending;
+        pthread_cond_signal(&s->work_cv);
+    } else {
+        wire_worker_t *w = calloc(1, sizeof *w);
+        if (!w) {
+            rc = 1;
+        } else {
+            w->srv = s;
+            w->first = c;
+            if ((rc = pthread_create(&w->thread, NULL, worker_main, w)) != 0) {
+                free(w);
+            } else {
+                w->next = s->workers;
+                s->workers = w;
+                s->n_workers++;
+            }
+        }
+    }
     if (rc == 0) {
         c->next = s->calls;
         s->calls = c;
@@ -532,9 +612,34 @@ static void server_dispatch(fp_wire_server_t *s, fp_wire_call_t *c)
     }
 }
 
-/* Join and free handler threads that finished (all of them when wait_all: used at shutdown). */
+/* Free the calls that finished and join the workers that exited (at shutdown, wait_all: stop
+ * every worker, wait for its calls, then free everything). */
 static void server_reap(fp_wire_server_t *s, int wait_all)
 {
+    wire_worker_t *gone = NULL;
+    pthread_mutex_lock(&s->mu);
+    if (wait_all) {
+        s->workers_stop = 1;
+        pthread_cond_broadcast(&s->work_cv);
+    }
+    for (wire_worker_t **wp = &s->workers; *wp;) {
+        wire_worker_t *w = *wp;
+        if (wait_all || w->exited) {
+            *wp = w->next;
+            s->n_workers--;
+            w->next = gone;
+            gone = w;
+        } else {
+            wp = &w->next;
+        }
+    }
+    pthread_mutex_unlock(&s->mu);
+    while (gone) { /* outside the lock: a worker finishing its call takes it */
+        wire_worker_t *w = gone;
+        gone = w->next;
+        pthread_join(w->thread, NULL);
+        free(w);
+    }
     fp_wire_call_t *reap = NULL;
     pthread_mutex_lock(&s->mu);
     fp_wire_call_t **pp = &s->calls;
@@ -550,10 +655,9 @@ static void server_reap(fp_wire_server_t *s, int wait_all)
         }
     }
     pthread_mutex_unlock(&s->mu);
-    while (reap) {
+    while (reap) { /* done, or (wait_all) every worker was joined above */
         fp_wire_call_t *c = reap;
         reap = c->next;
-        pthread_join(c->thread, NULL);
         call_free(c);
     }
 }
@@ -626,6 +730,7 @@ void fp_wire_server_destroy(fp_wire_server_t *s)
     for (size_t i = 0; i < s->n_methods; i++)
         free((char *)s->methods[i].method);
     free(s->methods);
+    pthread_cond_destroy(&s->work_cv);
     pthread_mutex_destroy(&s->mu);
     free(s);
     grpc_shutdown();
@@ -654,6 +759,18 @@ fp_status fp_wire_server_create(const char *listen_addr, const fp_wire_creds_t *
     if (!s)
         return FP_FAIL(FP_ERR_NOMEM, "wire: server");
     pthread_mutex_init(&s->mu, NULL);
+    s->pending_tail = &s->pending;
+    pthread_condattr_t ca; /* the workers' idle timeout is on the monotonic clock */
+    int cv_ok = pthread_condattr_init(&ca) == 0;
+    if (cv_ok) {
+        cv_ok = pthread_condattr_setclock(&ca, CLOCK_MONOTONIC) == 0 && pthread_cond_init(&s->work_cv, &ca) == 0;
+        pthread_condattr_destroy(&ca);
+    }
+    if (!cv_ok) {
+        pthread_mutex_destroy(&s->mu);
+        free(s);
+        return FP_FAIL(FP_ERR_INTERNAL, "wire: worker condition variable");
+    }
     wire_grpc_init(); /* released by fp_wire_server_destroy, also on the failure paths below */
     s->max_msg = max_msg_bytes;
     if (n_methods) {

@@ -6,8 +6,9 @@
  *
  * Threading model.
  *  - Server: one thread runs the completion-queue loop and accepts calls; each accepted call runs its
- *    handler on a thread of its own with blocking read/write/finish operations on a completion queue
- *    private to that call. A handler may block (a long poll) but must return soon after a read or
+ *    handler on a worker thread of its own for the call's life, with blocking read/write/finish
+ *    operations on a completion queue private to that call. Workers are reused: one whose call ended
+ *    waits up to 30 s for the next before it exits (thread-local state therefore outlives a call). A handler may block (a long poll) but must return soon after a read or
  *    write fails or fp_wire_call_cancelled() turns true: fp_wire_server_destroy() cancels every call
  *    and waits for every handler to return. At most 1024 calls are served at once (more are
  *    answered RESOURCE_EXHAUSTED) and one connection opens at most 64 streams at a time.

@@ -35,6 +35,7 @@
 #define M_UP "/fedprof.test.T/Upload"
 #define M_WHO "/fedprof.test.T/Who"
 #define M_BIG "/fedprof.test.T/Big"
+#define M_TID "/fedprof.test.T/Tid"
 
 static atomic_int wait_entered, wait_saw_cancel, who_calls;
 
@@ -68,6 +69,25 @@ static void sha256(const uint8_t *p, size_t n, uint8_t out[32])
 }
 
 /* ---- handlers ---- */
+
+/* The threads that served M_TID calls, in call order, each named by a number it takes the first time
+ * it serves one (thread-local storage starts zeroed in every new thread, whereas a pthread_t can be
+ * reused by the next thread once the last was joined). */
+#define TID_MAX 64
+static int tid_seen[TID_MAX];
+static atomic_int tid_calls, tid_threads;
+static _Thread_local int tid_self;
+
+static void h_tid(fp_wire_call_t *c, void *user)
+{
+    (void)user;
+    if (!tid_self)
+        tid_self = atomic_fetch_add(&tid_threads, 1) + 1;
+    int k = atomic_fetch_add(&tid_calls, 1);
+    if (k < TID_MAX)
+        tid_seen[k] = tid_self;
+    fp_wire_call_finish(c, FP_WIRE_OK, NULL, (const uint8_t *)"t", 1);
+}
 
 static void h_echo(fp_wire_call_t *c, void *user)
 {
@@ -179,6 +199,7 @@ static void h_big(fp_wire_call_t *c, void *user)
 static const fp_wire_method_t methods[] = {
     {M_ECHO, h_echo, NULL}, {M_WAIT, h_wait, NULL}, {M_DOWN, h_download, NULL},
     {M_UP, h_upload, NULL}, {M_WHO, h_who, NULL},   {M_BIG, h_big, NULL},
+    {M_TID, h_tid, NULL},
 };
 #define N_METHODS (sizeof methods / sizeof methods[0])
 
@@ -710,6 +731,38 @@ static void test_concurrent(void **state)
     rig_free(&r);
 }
 
+/* Calls one after another are served by the same worker thread (no thread per call). */
+static void test_worker_reuse(void **state)
+{
+    (void)state;
+    rig_t r;
+    rig_insecure(&r, 0, 0);
+    atomic_store(&tid_calls, 0);
+    enum { N = 20 };
+    for (int i = 0; i < N; i++) {
+        uint8_t *resp = NULL;
+        size_t rn = 0;
+        int code = -1;
+        char msg[FP_WIRE_STATUS_MSG_MAX];
+        assert_int_equal(fp_wire_call_unary(r.ch, M_TID, (const uint8_t *)"?", 1, 5000, &resp, &rn, &code, msg), FP_OK);
+        assert_int_equal(rn, 1);
+        free(resp);
+        sleep_ms(20); /* the worker has long gone idle by the next call */
+    }
+    assert_int_equal(atomic_load(&tid_calls), N);
+    int distinct = 0;
+    for (int i = 0; i < N; i++) {
+        int seen = 0;
+        for (int j = 0; j < i && !seen; j++)
+            seen = tid_seen[i] == tid_seen[j];
+        distinct += !seen;
+    }
+    if (distinct > 2)
+        print_error("%d distinct threads served %d sequential calls\n", distinct, N);
+    assert_true(distinct <= 2);
+    rig_free(&r);
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
@@ -717,7 +770,7 @@ int main(void)
         cmocka_unit_test(test_server_stream),    cmocka_unit_test(test_client_stream),
         cmocka_unit_test(test_message_limits),   cmocka_unit_test(test_deadline),
         cmocka_unit_test(test_mtls),             cmocka_unit_test(test_shutdown_inflight),
-        cmocka_unit_test(test_concurrent),
+        cmocka_unit_test(test_concurrent),       cmocka_unit_test(test_worker_reuse),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
 }
