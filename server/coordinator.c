@@ -81,6 +81,9 @@ struct fp_coord {
 
     pthread_mutex_t mu; /* everything below */
     pthread_cond_t cv;  /* any state change */
+    pthread_cond_t task_cv; /* what a waiting GetTask looks at changed (wake_all): the phase, the
+                             * selection, a member's session or state, stopping; not every pull or
+                             * push, which would wake every long-polling member each time */
     atomic_int stop;
     int phase;          /* Fedprof__V1__RoundPhase */
     uint64_t round_id, committed, failed_rounds;
@@ -124,6 +127,13 @@ static uint64_t unix_ms(void)
     struct timespec ts;
     clock_gettime(CLOCK_REALTIME, &ts);
     return (uint64_t)ts.tv_sec * 1000u + (uint64_t)ts.tv_nsec / 1000000u;
+}
+
+/* A change every waiter may care about: c->cv's and the long-polling GetTasks' (c->task_cv). */
+static void wake_all(fp_coord_t *c)
+{
+    pthread_cond_broadcast(&c->cv);
+    pthread_cond_broadcast(&c->task_cv);
 }
 
 static void timed_wait(pthread_cond_t *cv, pthread_mutex_t *mu, int ms)
@@ -371,7 +381,7 @@ static void on_join(fp_wire_call_t *call, void *user)
             }
             /* m->pushing stays: a push still in flight ends by itself and clears it, so a
              * re-joined client cannot have two updates of one round in the aggregate */
-            pthread_cond_broadcast(&c->cv);
+            wake_all(c);
         }
         pthread_mutex_unlock(&c->mu);
     }
@@ -476,7 +486,7 @@ static void on_get_task(fp_wire_call_t *call, void *user)
         m->last_seen = fp_now();
         if (exhausted && !m->exhausted) {
             m->exhausted = 1;
-            pthread_cond_broadcast(&c->cv);
+            wake_all(c);
         }
         if (c->phase == FEDPROF__V1__ROUND_PHASE__ROUND_PHASE_DONE) {
             resp.action = FEDPROF__V1__TASK_ACTION__TASK_ACTION_DONE;
@@ -508,7 +518,7 @@ static void on_get_task(fp_wire_call_t *call, void *user)
             resp.model_version = c->model.version;
             break;
         }
-        timed_wait(&c->cv, &c->mu, 200);
+        timed_wait(&c->task_cv, &c->mu, 200); /* the timeout also notices the call's cancellation */
     }
     pthread_mutex_unlock(&c->mu);
     if (code != FP_WIRE_OK) {
@@ -1012,7 +1022,7 @@ refuse:
         release_slot(c, slot);
     pthread_mutex_lock(&c->mu);
     m->pushing = 0;
-    pthread_cond_broadcast(&c->cv);
+    wake_all(c);
     pthread_mutex_unlock(&c->mu);
     push_refuse(c, call, reason, detail);
 }
@@ -1416,6 +1426,7 @@ fp_status fp_coord_create(const fp_coord_opts_t *o, fp_coord_t **out)
     fp_layout_init(&c->layout);
     pthread_mutex_init(&c->mu, NULL);
     pthread_cond_init(&c->cv, NULL);
+    pthread_cond_init(&c->task_cv, NULL);
     pthread_mutex_init(&c->agg_mu, NULL);
     pthread_mutex_init(&c->ledger_mu, NULL);
     c->phase = FEDPROF__V1__ROUND_PHASE__ROUND_PHASE_WAITING;
@@ -1502,7 +1513,7 @@ void fp_coord_destroy(fp_coord_t *c)
         return;
     atomic_store(&c->stop, 1);
     pthread_mutex_lock(&c->mu);
-    pthread_cond_broadcast(&c->cv);
+    wake_all(c);
     pthread_mutex_unlock(&c->mu);
     fp_wire_server_destroy(c->server); /* waits for every handler */
     for (int i = 0; i < c->n_slots && c->slots; i++) {
@@ -1531,6 +1542,7 @@ void fp_coord_destroy(fp_coord_t *c)
     pthread_mutex_destroy(&c->ledger_mu);
     pthread_mutex_destroy(&c->agg_mu);
     pthread_cond_destroy(&c->cv);
+    pthread_cond_destroy(&c->task_cv);
     pthread_mutex_destroy(&c->mu);
     free(c);
 }
@@ -1671,7 +1683,7 @@ fp_status fp_coord_run(fp_coord_t *c)
     while (c->committed < (uint64_t)o->rounds && !atomic_load(&c->stop)) {
         /* WAITING */
         c->phase = FEDPROF__V1__ROUND_PHASE__ROUND_PHASE_WAITING;
-        pthread_cond_broadcast(&c->cv);
+        wake_all(c);
         int warned = 0;
         while (!atomic_load(&c->stop) && live_count(c, fp_now()) < o->min_clients) {
             int exhausted = 0;
@@ -1704,7 +1716,7 @@ fp_status fp_coord_run(fp_coord_t *c)
         c->round_deadline_unix_ms = unix_ms() + (uint64_t)(o->round_timeout_s * 1000.0);
         /* TRAIN */
         c->phase = FEDPROF__V1__ROUND_PHASE__ROUND_PHASE_TRAIN;
-        pthread_cond_broadcast(&c->cv);
+        wake_all(c);
         if (!o->quiet)
             fp_log_info("round %" PRIu64 " (%" PRIu64 "/%d committed): %d members selected, waiting for %d updates",
                         c->round_id, c->committed, o->rounds, c->selected, o->clients_per_round);
@@ -1715,7 +1727,7 @@ fp_status fp_coord_run(fp_coord_t *c)
             break;
         /* AGGREGATE: close the round, let in-flight adds finish. */
         c->phase = FEDPROF__V1__ROUND_PHASE__ROUND_PHASE_AGGREGATE;
-        pthread_cond_broadcast(&c->cv);
+        wake_all(c);
         while (c->adding > 0)
             timed_wait(&c->cv, &c->mu, 20);
         int got = c->received;
@@ -1746,7 +1758,7 @@ fp_status fp_coord_run(fp_coord_t *c)
         return st;
     pthread_mutex_lock(&c->mu);
     c->phase = FEDPROF__V1__ROUND_PHASE__ROUND_PHASE_DONE;
-    pthread_cond_broadcast(&c->cv);
+    wake_all(c);
     pthread_mutex_unlock(&c->mu);
     if (!o->quiet)
         fp_log_info("federation done: %d rounds, final model in %s/%s", o->rounds, c->ckpt_dir, COORD_MODEL_FILE);
