@@ -159,6 +159,8 @@ typedef struct {
     event_t *ev;
     int n_ev;
     uint64_t status_ok, status_err; /* Status answers; failed Status calls */
+    double status_max_s;            /* the slowest Status answer (the coordinator's lock held) */
+    int status_max_phase;           /* the phase that answer reported */
     Fedprof__V1__StatusResponse *last_status; /* the last answer (owned) */
     pthread_mutex_t status_mu;
     /* memory samples */
@@ -447,6 +449,7 @@ static void *status_main(void *arg)
         size_t rn = 0;
         int code = 0;
         char msg[FP_WIRE_STATUS_MSG_MAX] = "";
+        double t_call = fp_now();
         fp_status st = fp_wire_call_unary(ch, FP_WIRE_METHOD_STATUS, buf, n, STATUS_DEADLINE_MS, &resp, &rn, &code, msg);
         double t = fp_now();
         Fedprof__V1__StatusResponse *r = st == FP_OK ? fedprof__v1__status_response__unpack(NULL, rn, resp) : NULL;
@@ -463,6 +466,10 @@ static void *status_main(void *arg)
         atomic_store(&B.received, (int)r->received);
         pthread_mutex_lock(&B.status_mu);
         B.status_ok++;
+        if (t - t_call > B.status_max_s) {
+            B.status_max_s = t - t_call;
+            B.status_max_phase = (int)r->phase;
+        }
         if ((r->round_id != round || (int)r->phase != phase || r->committed_rounds != committed) &&
             B.n_ev < MAX_EVENTS) {
             event_t *e = &B.ev[B.n_ev++];
@@ -1216,6 +1223,8 @@ static int report(client_t *cl, const run_t *ri)
     json_object_object_add(o, "commit_resolution_s", jnum(worst_res));
     json_object_object_add(o, "status_polls", json_object_new_int64((int64_t)B.status_ok));
     json_object_object_add(o, "status_errors", json_object_new_int64((int64_t)B.status_err));
+    json_object_object_add(o, "status_max_s", json_object_new_double(B.status_max_s));
+    json_object_object_add(o, "status_max_phase", json_object_new_string(phase_name(B.status_max_phase)));
     json_object_object_add(o, "final_model_write_s", jnum(B.final_done - B.final_begin));
     /* jstats sorts: the text report reads the sorted copies through the JSON. */
     for (int k = 0; k < S_N; k++)

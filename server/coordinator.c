@@ -81,6 +81,7 @@ struct fp_coord {
 
     pthread_mutex_t mu; /* everything below */
     pthread_cond_t cv;  /* any state change */
+    int committing;     /* commit_round is replacing the model outside c->mu (phase COMMIT) */
     pthread_cond_t task_cv; /* what a waiting GetTask looks at changed (wake_all): the phase, the
                              * selection, a member's session or state, stopping; not every pull or
                              * push, which would wake every long-polling member each time */
@@ -1140,33 +1141,57 @@ static char *members_text(const fp_coord_t *c)
     return s;
 }
 
-static fp_status save_state(fp_coord_t *c)
+/* The checkpoint's counters and membership, taken under c->mu; the file is written from it without
+ * the lock (save_state_write). */
+typedef struct {
+    char round[32], version[32], committed[32], failed[32], steps[32], hash[32], rej[COORD_N_REASONS * 24], bytes[64],
+        accepted[32];
+    char *members;
+} state_text_t;
+
+/* Called with c->mu held. */
+static fp_status save_state_prepare(fp_coord_t *c, state_text_t *t)
+{
+    snprintf(t->round, sizeof t->round, "%" PRIu64, c->round_id);
+    snprintf(t->version, sizeof t->version, "%" PRIu64, c->model.version);
+    snprintf(t->committed, sizeof t->committed, "%" PRIu64, c->committed);
+    snprintf(t->failed, sizeof t->failed, "%" PRIu64, c->failed_rounds);
+    snprintf(t->steps, sizeof t->steps, "%" PRIu64, fp_sopt_steps(c->sopt));
+    snprintf(t->hash, sizeof t->hash, "%016" PRIx64, c->layout_hash);
+    snprintf(t->bytes, sizeof t->bytes, "%" PRIu64 " %" PRIu64, c->bytes_in, c->bytes_out);
+    snprintf(t->accepted, sizeof t->accepted, "%" PRIu64, c->accepted);
+    size_t o = 0;
+    for (int r = 0; r < COORD_N_REASONS; r++)
+        o += (size_t)snprintf(t->rej + o, sizeof t->rej - o, "%s%" PRIu64, r ? " " : "", c->rejections[r]);
+    if (!(t->members = members_text(c)))
+        return FP_FAIL(FP_ERR_NOMEM, "membership text");
+    return FP_OK;
+}
+
+/* Write the state file (atomic: temp file, fsync, rename, fsync of the directory) from t, the global
+ * model and the optimizer state; frees t's membership text. Needs no lock as long as only the caller
+ * changes the model and the optimizer state (the run thread, in COMMIT). */
+static fp_status save_state_write(fp_coord_t *c, state_text_t *t)
 {
     char path[4096];
     fp_status st = path_in(c, COORD_STATE_FILE, path, sizeof path);
-    if (st != FP_OK)
+    if (st != FP_OK) {
+        free(t->members);
+        t->members = NULL;
         return st;
-    char round[32], version[32], committed[32], failed[32], steps[32], hash[32], rej[COORD_N_REASONS * 24],
-        bytes[64], accepted[32];
-    snprintf(round, sizeof round, "%" PRIu64, c->round_id);
-    snprintf(version, sizeof version, "%" PRIu64, c->model.version);
-    snprintf(committed, sizeof committed, "%" PRIu64, c->committed);
-    snprintf(failed, sizeof failed, "%" PRIu64, c->failed_rounds);
-    snprintf(steps, sizeof steps, "%" PRIu64, fp_sopt_steps(c->sopt));
-    snprintf(hash, sizeof hash, "%016" PRIx64, c->layout_hash);
-    snprintf(bytes, sizeof bytes, "%" PRIu64 " %" PRIu64, c->bytes_in, c->bytes_out);
-    snprintf(accepted, sizeof accepted, "%" PRIu64, c->accepted);
-    size_t o = 0;
-    for (int r = 0; r < COORD_N_REASONS; r++)
-        o += (size_t)snprintf(rej + o, sizeof rej - o, "%s%" PRIu64, r ? " " : "", c->rejections[r]);
-    char *members = members_text(c);
-    if (!members)
-        return FP_FAIL(FP_ERR_NOMEM, "membership text");
-    fp_kv_t meta[] = {{"format", "fedprof-coordinator-state"}, {"round_id", round},     {"model_version", version},
-                      {"committed", committed},                 {"failed_rounds", failed}, {"opt_steps", steps},
-                      {"layout_hash", hash},                    {"rejections", rej},       {"bytes", bytes},
-                      {"accepted", accepted},                   {"members", members},      {"strategy",
-                                                                                         fp_strategy_name(c->o.strategy.kind)},
+    }
+    fp_kv_t meta[] = {{"format", "fedprof-coordinator-state"},
+                      {"round_id", t->round},
+                      {"model_version", t->version},
+                      {"committed", t->committed},
+                      {"failed_rounds", t->failed},
+                      {"opt_steps", t->steps},
+                      {"layout_hash", t->hash},
+                      {"rejections", t->rej},
+                      {"bytes", t->bytes},
+                      {"accepted", t->accepted},
+                      {"members", t->members},
+                      {"strategy", fp_strategy_name(c->o.strategy.kind)},
                       {"config", c->config_json}};
     fp_st_group_t g[3];
     size_t ng = 0;
@@ -1174,7 +1199,8 @@ static fp_status save_state(fp_coord_t *c)
     for (int i = 0; i < fp_sopt_n_state(c->sopt); i++)
         g[ng++] = (fp_st_group_t){&c->layout, fp_sopt_state(c->sopt, i), i == 0 ? "opt.m." : "opt.v."};
     st = fp_safetensors_save_groups(path, g, ng, meta, sizeof meta / sizeof meta[0]);
-    free(members);
+    free(t->members);
+    t->members = NULL;
     return st;
 }
 
@@ -1571,6 +1597,8 @@ fp_status fp_coord_model(fp_coord_t *c, float *out, size_t cap, size_t *n)
     if (cap < c->P)
         return FP_FAIL(FP_ERR_RANGE, "fp_coord_model: buffer of %zu floats, need %zu", cap, c->P);
     pthread_mutex_lock(&c->mu);
+    while (c->committing) /* the model is being replaced */
+        timed_wait(&c->cv, &c->mu, 20);
     memcpy(out, c->model.w, c->P * sizeof(float));
     pthread_mutex_unlock(&c->mu);
     *n = c->P;
@@ -1650,25 +1678,41 @@ static fp_status commit_round(fp_coord_t *c)
         pthread_mutex_unlock(&c->mu);
         return FP_OK; /* stopping: the round is simply not committed */
     }
-    /* Pulls wait for the lock; the model changes under it (O(P), once per round). */
+    c->committing = 1;
+    pthread_mutex_unlock(&c->mu);
+    /* In COMMIT with no pull streaming, nothing but this thread reads or writes the model, its digest
+     * and the optimizer state (pulls and fp_coord_model wait for the phase to change; pushes are
+     * refused outside TRAIN), so the update, the digest and the checkpoint's write and fsyncs run
+     * without c->mu: Join, GetTask and Status go on meanwhile. */
     if (from_sum) {
-        pthread_mutex_lock(&c->agg_mu); /* c->mu, then agg_mu: on_push never holds both */
+        pthread_mutex_lock(&c->agg_mu);
         st = fp_sopt_apply_agg(c->sopt, c->model.w, c->agg);
         pthread_mutex_unlock(&c->agg_mu);
     } else {
         st = fp_sopt_apply(c->sopt, c->model.w, s0->buf);
     }
-    if (st == FP_OK) /* the new model's stream digest, before any pull can see it (pulls wait for c->mu) */
+    if (st == FP_OK) /* the new model's stream digest, before any pull can see it */
         st = fp_ts_digest(c->model.w, c->P, c->model.sha256);
+    state_text_t t;
+    memset(&t, 0, sizeof t);
     if (st == FP_OK) {
+        pthread_mutex_lock(&c->mu);
         c->model.version++;
         c->committed++;
-        st = save_state(c);
+        st = save_state_prepare(c, &t);
+        pthread_mutex_unlock(&c->mu);
+        if (st == FP_OK)
+            st = save_state_write(c, &t);
         if (st != FP_OK) {
+            pthread_mutex_lock(&c->mu);
             c->model.version--;
             c->committed--;
+            pthread_mutex_unlock(&c->mu);
         }
     }
+    pthread_mutex_lock(&c->mu);
+    c->committing = 0;
+    pthread_cond_broadcast(&c->cv);
     pthread_mutex_unlock(&c->mu);
     return st;
 }
