@@ -121,10 +121,11 @@ static fp_ts_header_t hdr(fp_ts_kind kind, uint64_t n, uint32_t chunk_bytes)
     return h;
 }
 
-static void write_stream(const fp_ts_header_t *h, const float *x, stream_t *s)
+/* sha: NULL, or the known digest (fp_ts_writer_create_digested). */
+static void write_stream_with(const fp_ts_header_t *h, const float *x, const uint8_t *sha, stream_t *s)
 {
     fp_ts_writer_t *w = NULL;
-    assert_int_equal(fp_ts_writer_create(h, x, &w), FP_OK);
+    assert_int_equal(sha ? fp_ts_writer_create_digested(h, x, sha, &w) : fp_ts_writer_create(h, x, &w), FP_OK);
     uint64_t want = fp_ts_writer_message_count(w);
     for (;;) {
         const uint8_t *m;
@@ -143,6 +144,8 @@ static void write_stream(const fp_ts_header_t *h, const float *x, stream_t *s)
     assert_int_equal(n, 0);
     fp_ts_writer_destroy(w);
 }
+
+static void write_stream(const fp_ts_header_t *h, const float *x, stream_t *s) { write_stream_with(h, x, NULL, s); }
 
 static fp_ts_reader_opts_t opts(fp_ts_kind kind, uint64_t max_params)
 {
@@ -851,21 +854,6 @@ static void test_garbage(void **state)
 
 /* ---- a known digest (the coordinator's model, hashed once per version) -------------------------- */
 
-static void write_stream_digested(const fp_ts_header_t *h, const float *x, const uint8_t *sha, stream_t *s)
-{
-    fp_ts_writer_t *w = NULL;
-    assert_int_equal(fp_ts_writer_create_digested(h, x, sha, &w), FP_OK);
-    for (;;) {
-        const uint8_t *m;
-        size_t n;
-        assert_int_equal(fp_ts_writer_next(w, &m, &n), FP_OK);
-        if (!m)
-            break;
-        stream_push(s, m, n);
-    }
-    fp_ts_writer_destroy(w);
-}
-
 static void test_known_digest(void **state)
 {
     (void)state;
@@ -881,7 +869,7 @@ static void test_known_digest(void **state)
         fp_ts_header_t h = hdr(FP_TS_MODEL, n, 64);
         stream_t a = {0}, b = {0};
         write_stream(&h, x, &a);
-        write_stream_digested(&h, x, d, &b);
+        write_stream_with(&h, x, d, &b);
         assert_int_equal(a.count, b.count);
         for (size_t i = 0; i < a.count; i++) {
             assert_int_equal(a.n[i], b.n[i]);
@@ -902,7 +890,7 @@ static void test_known_digest(void **state)
         /* a digest that is not the data's: the writer sends it as given and every reader refuses */
         d[k % 32] ^= 0x40;
         memset(&b, 0, sizeof b);
-        write_stream_digested(&h, x, d, &b);
+        write_stream_with(&h, x, d, &b);
         expect_refused(&o, &b, b.count - 1, FP_ERR_PARSE, FP_TS_REJECT_DIGEST, "does not match the digest");
         stream_free(&a);
         stream_free(&b);
