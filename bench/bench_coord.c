@@ -9,7 +9,8 @@
  * connection: each joins with an insecure_name, long-polls GetTask, and for every TRAIN task pulls
  * the global model (PullModel, every chunk checked and the SHA-256 digest verified by fp_ts_reader
  * into a receive buffer), pushes an update (PushUpdate, fp_ts_writer: header with the round, base
- * version, layout hash and session, 1 MiB chunks, digest) and polls again until DONE. Every client
+ * version, layout hash and session, 512 KiB chunks as fedprof-client join, digest) and polls again
+ * until DONE. Every client
  * pushes the same update, 1e-4 x N(0, 1) drawn once (one shared read-only buffer), so FedAvg makes
  * the next model exactly the pulled one plus that update: client 0 checks this on every round of a
  * small model (P <= 4M). Receive buffers come from a pool of --max-pulls buffers (0: one per
@@ -837,7 +838,7 @@ static int client_push(client_t *c, uint64_t round_id, uint64_t version)
     h->model_version = version;
     h->param_count = B.P;
     h->layout_hash = B.layout_hash;
-    h->chunk_bytes = 0; /* 1 MiB, as fedprof-client join */
+    h->chunk_bytes = FP_TS_PUSH_CHUNK_BYTES; /* as fedprof-client join */
     h->example_count_bucket = 5;
     h->local_steps = 1;
     snprintf(h->session, sizeof h->session, "%s", c->session);

@@ -562,7 +562,7 @@ static double grpc_push(fp_wire_channel_t *ch, const float *update, uint64_t n, 
     h.model_version = 1;
     h.param_count = n;
     h.layout_hash = BENCH_LAYOUT;
-    h.chunk_bytes = chunk_bytes;
+    h.chunk_bytes = chunk_bytes ? chunk_bytes : FP_TS_PUSH_CHUNK_BYTES; /* 0: as fedprof-client join */
     h.example_count_bucket = 1;
     h.local_steps = 1;
     snprintf(h.session, sizeof h.session, "bench");
@@ -878,7 +878,8 @@ int main(int argc, char **argv)
     fp_opt_t opts[] = {
         {"sizes-mib", FP_OPT_STR, &sizes_s, 0, 0, NULL, "payload sizes in MiB, comma-separated"},
         {"reps", FP_OPT_INT, &reps, 1, MAX_REPS, NULL, "repetitions of every path (median shown)"},
-        {"chunk-bytes", FP_OPT_U64, &chunk, 0, FP_TS_CHUNK_BYTES_MAX, NULL, "tensor chunk (0: the 1 MiB default)"},
+        {"chunk-bytes", FP_OPT_U64, &chunk, 0, FP_TS_CHUNK_BYTES_MAX, NULL,
+         "tensor chunk (0: as fedprof: 1 MiB pulls, 512 KiB pushes)"},
         {"certs", FP_OPT_STR, &certs, 0, 0, NULL, "dir of make-certs.sh DIR bench (omit: no TLS rows)"},
         {"tls-suites", FP_OPT_STR, &suites_s, 0, 0, NULL, "TLS 1.3 suites for the raw TLS rows, ':'-separated"},
         {"no-bytes", FP_OPT_FLAG, &no_bytes, 0, 0, NULL, "skip the gRPC rows without tensor_stream"},

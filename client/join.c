@@ -645,6 +645,7 @@ static fp_status train_round(join_t *j, const Fedprof__V1__GetTaskResponse *t, u
     h->model_version = version;
     h->param_count = j->P;
     h->layout_hash = j->layout_hash;
+    h->chunk_bytes = FP_TS_PUSH_CHUNK_BYTES;
     h->example_count_bucket = fp_join_example_bucket((uint64_t)lr.sequences / (uint64_t)(lp.epochs ? lp.epochs : 1));
     h->local_steps = (uint64_t)lr.steps;
     double clip = plan->clip_bound;

@@ -38,6 +38,12 @@
 
 /* Chunk size when the header says 0 (the proto's CHUNK_BYTES_DEFAULT): 1 MiB. */
 #define FP_TS_CHUNK_BYTES_DEFAULT ((uint32_t)1 << 20)
+/* Chunk size of the updates clients push: 512 KiB. For every connection that is sending it a message,
+ * the coordinator's gRPC holds a read buffer for the rest of that message, so the chunk size, times
+ * the clients pushing, is coordinator memory: 50 clients pushing a 25M-parameter model peaked at
+ * 425 MB with 1 MiB chunks, 396 MB with 512 KiB, 384 MB with 256 KiB (but 256 KiB cost 10-15% in
+ * round time; docs/BENCHMARKS.md, "Coordinator memory"). */
+#define FP_TS_PUSH_CHUNK_BYTES ((uint32_t)512 << 10)
 /* Accepted chunk sizes (bytes, a multiple of 4). The maximum keeps a packed chunk message under
  * the wire's default 4 MiB message limit with room for the envelope. */
 #define FP_TS_CHUNK_BYTES_MIN ((uint32_t)64)

@@ -41,7 +41,9 @@
  * the next push: the file stays 4·P per receive buffer) and re-reading the update from the page
  * cache (or disk, under memory pressure) to aggregate it. So a large model with FedAvg costs
  * 12·P plus the process (~20 MB), transfers in flight and freed transfer memory kept for reuse
- * (~100 MB): 4.0-4.2 × 4·P measured with 50 clients and 25M parameters (docs/BENCHMARKS.md).
+ * (~60-100 MB, mostly gRPC's read buffers: up to one push chunk per client sending, hence the
+ * clients' 512 KiB push chunks): 3.8-4.0 × 4·P measured with 50 clients and 25M parameters
+ * (docs/BENCHMARKS.md).
  * Pulls: ≈ 2.4 MB of stream and transport buffers each, max_concurrent_pulls (default 8) at once.
  *
  * Crash safety: kill -9 at any moment and a restart with the same checkpoint_dir resumes from the
