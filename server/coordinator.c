@@ -686,10 +686,21 @@ static fp_status slot_map(fp_coord_t *c, slot_t *s)
     return FP_OK;
 }
 
-/* Drop a spilled slot's pages from the process (their data stays in the file's page cache). */
-static fp_status slot_drop(slot_t *s)
+/* Drop the pages of bytes [from, to) of a spilled slot from the process (their data stays in the
+ * file's page cache; a later access maps them again). The range is widened to whole pages and
+ * clipped to the mapping; a no-op for a slot in RAM. */
+static fp_status slot_drop(slot_t *s, size_t from, size_t to)
 {
-    if (s->map_bytes && madvise(s->buf, s->map_bytes, MADV_DONTNEED) != 0)
+    if (!s->map_bytes)
+        return FP_OK;
+    long ps = sysconf(_SC_PAGESIZE);
+    const size_t page = ps > 0 ? (size_t)ps : 4096;
+    if (to > s->map_bytes)
+        to = s->map_bytes;
+    from -= from % page;
+    if (from >= to)
+        return FP_OK;
+    if (madvise((char *)s->buf + from, to - from, MADV_DONTNEED) != 0)
         return FP_FAIL(FP_ERR_INTERNAL, "madvise of the receive file: %s", strerror(errno));
     return FP_OK;
 }
@@ -903,16 +914,17 @@ static void on_push(fp_wire_call_t *call, void *user)
             break;
         got_bytes += len;
         st = fp_ts_reader_feed(slot->reader, data, len);
+        /* The data written so far lies below got_bytes (which also counts the messages' framing). */
         if (st == FP_OK && slot->map_bytes && got_bytes - dropped_at >= COORD_SPILL_STEP_BYTES) {
-            dropped_at = got_bytes;
-            if ((st = slot_drop(slot)) != FP_OK)
+            if ((st = slot_drop(slot, (size_t)dropped_at, (size_t)got_bytes)) != FP_OK)
                 break;
+            dropped_at = got_bytes;
         }
     }
     if (st == FP_OK)
         st = fp_ts_reader_finish(slot->reader);
     if (st == FP_OK)
-        st = slot_drop(slot);
+        st = slot_drop(slot, 0, slot->map_bytes);
     if (st != FP_OK) {
         reason = ts_reason(fp_ts_reader_reject(slot->reader));
         snprintf(detail, sizeof detail, "%s", fp_error_message());
@@ -929,9 +941,10 @@ static void on_push(fp_wire_call_t *call, void *user)
             const size_t step = COORD_SPILL_STEP_BYTES / sizeof(float);
             double ss = 0.0;
             for (size_t o = 0; o < n && st == FP_OK; o += step) {
-                double l = fp_vec_l2(delta + o, n - o < step ? n - o : step);
+                const size_t k = n - o < step ? n - o : step;
+                double l = fp_vec_l2(delta + o, k);
                 ss += l * l;
-                st = slot_drop(slot);
+                st = slot_drop(slot, o * sizeof(float), (o + k) * sizeof(float));
             }
             norm = sqrt(ss);
             if (st != FP_OK) {
@@ -984,8 +997,9 @@ static void on_push(fp_wire_call_t *call, void *user)
          * added cannot be taken back, and a half-added update would corrupt the running sum. */
         const size_t step = COORD_SPILL_STEP_BYTES / sizeof(float);
         for (size_t o = 0; o < n && st == FP_OK; o += step) {
-            st = fp_agg_add_range(c->agg, o, delta + o, n - o < step ? n - o : step, weight);
-            if (slot_drop(slot) != FP_OK)
+            const size_t k = n - o < step ? n - o : step;
+            st = fp_agg_add_range(c->agg, o, delta + o, k, weight);
+            if (slot_drop(slot, o * sizeof(float), (o + k) * sizeof(float)) != FP_OK)
                 fp_log_warn("coordinator: %s", fp_error_message());
         }
         if (st == FP_OK)
@@ -1681,7 +1695,7 @@ static fp_status commit_round(fp_coord_t *c)
     c->committing = 1;
     pthread_mutex_unlock(&c->mu);
     /* In COMMIT with no pull streaming, nothing but this thread reads or writes the model, its digest
-     * and the optimizer state (pulls and fp_coord_model wait for the phase to change; pushes are
+     * and the optimizer state (pulls wait for the phase to change, fp_coord_model for committing; pushes are
      * refused outside TRAIN), so the update, the digest and the checkpoint's write and fsyncs run
      * without c->mu: Join, GetTask and Status go on meanwhile. */
     if (from_sum) {
