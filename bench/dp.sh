@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # dp.sh: the cost of DP-SGD on this machine.
 #
-#   bench/dp.sh [--n COORDS] [--reps R] [--steps S]
+#   bench/dp.sh [--n COORDS] [--reps R] [--steps S] [--batches "128 1024 4096"]
 #
 # 1. Noise: samples/s of fp_dp_add_noise (the exact discrete Gaussian of Canonne-Kamath-Steinke
 #    over the ChaCha20 CSPRNG, at the grid DP-SGD uses: sigma/grid = 2^21 for 1.22M parameters)
@@ -11,7 +11,9 @@
 #    the best of R repetitions each, and the ratios.
 # 2. Steps: fedprof-bench-step on the Games shape (maxlen 50, 23,715 items, mean length 9.3,
 #    batch 128, 2 threads): a normal step, the clipped gradient on the same batch, and S whole
-#    DP-SGD steps of the same expected batch, with their noise time apart.
+#    DP-SGD steps of the same expected batch, with their noise time apart; then the same at each
+#    batch of --batches (default none): the noise is per step, whatever the batch, so its share
+#    of a step falls as the batch grows.
 #
 # numpy's generator is not a CSPRNG and its floating-point Gaussian is not safe for privacy
 # (Mironov 2012); the comparison says what the secure, exact sampler costs, not that the two are
@@ -27,12 +29,14 @@ PY=${PYTHON:-/usr/bin/python3}
 N=1219858
 REPS=5
 STEPS=10
+BATCHES=""
 while [ $# -gt 0 ]; do
   case "$1" in
     --n) N=$2; shift 2 ;;
     --reps) REPS=$2; shift 2 ;;
     --steps) STEPS=$2; shift 2 ;;
-    -h|--help) sed -n '2,22p' "$0"; exit 0 ;;
+    --batches) BATCHES=$2; shift 2 ;;
+    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
     *) echo "dp.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
@@ -67,3 +71,9 @@ print(f"ratio fedprof / numpy: 1 thread {fp1 / gen:.3f} of numpy's normal ({fp1 
 EOF
 echo
 "$BS" --maxlen 50 --items 23715 --mean-len 9.3 --batch 128 --threads 2 --steps 30 --dp-steps "$STEPS"
+for b in $BATCHES; do
+  case "$b" in ''|*[!0-9]*) echo "dp.sh: --batches: '$b' is not a positive integer" >&2; exit 2 ;; esac
+  echo
+  echo "batch $b:"
+  "$BS" --maxlen 50 --items 23715 --mean-len 9.3 --batch "$b" --threads 2 --steps 10 --dp-steps "$STEPS"
+done

@@ -118,7 +118,7 @@ static int cmd_begin(const char *cmd, int argc, char **argv, const fp_opt_t *opt
 /* ---- train ---- */
 static int cmd_train(int argc, char **argv)
 {
-    const char *data = NULL, *config = NULL, *out = NULL, *loss = NULL, *format = NULL;
+    const char *data = NULL, *config = NULL, *out = NULL, *loss = NULL, *format = NULL, *block = NULL;
     int resume = 0, json = 0, quiet = 0, help = 0;
     int epochs = -1, threads = -1, dim = -1, blocks = -1, heads = -1, maxlen = -1, batch = -1, eval_every = -1,
         negatives = -1, eval_users = -1, patience = -1, no_full = 0;
@@ -140,6 +140,7 @@ static int cmd_train(int argc, char **argv)
         {"dropout", FP_OPT_FLOAT, &dropout, 0, 0.99, NULL, "dropout rate (model.dropout)"},
         {"attn-dropout", FP_OPT_FLOAT, &attn_dropout, 0, 0.99, NULL,
          "dropout on attention probabilities (model.attn_dropout)"},
+        {"block", FP_OPT_STR, &block, 0, 0, NULL, "prenorm | sasrec: block wiring (model.block)"},
         {"loss", FP_OPT_STR, &loss, 0, 0, NULL, "bce | sampled_softmax (model.loss)"},
         {"negatives", FP_OPT_INT, &negatives, 1, 100000, NULL, "negatives per position (model.negatives)"},
         {"l2-emb", FP_OPT_FLOAT, &l2, 0, 1e3, NULL, "L2 on item embeddings (model.l2_emb)"},
@@ -215,6 +216,16 @@ static int cmd_train(int argc, char **argv)
             cfg.model.loss = FP_LOSS_SAMPLED_SOFTMAX;
         else {
             fprintf(stderr, "fedprof-client train: error: --loss: '%s' is not bce or sampled_softmax\n", loss);
+            return 2;
+        }
+    }
+    if (block) {
+        if (!strcmp(block, "prenorm"))
+            cfg.model.block = FP_BLOCK_PRENORM;
+        else if (!strcmp(block, "sasrec"))
+            cfg.model.block = FP_BLOCK_SASREC;
+        else {
+            fprintf(stderr, "fedprof-client train: error: --block: '%s' is not prenorm or sasrec\n", block);
             return 2;
         }
     }

@@ -29,7 +29,7 @@
 /* ------------------------------------------------------------------------------------------ */
 /* The table of keys                                                                           */
 
-typedef enum { CF_INT, CF_U64, CF_FLOAT, CF_BOOL, CF_LOSS, CF_FORMAT, CF_UNIT, CF_FUNIT, CF_STR } cf_type;
+typedef enum { CF_INT, CF_U64, CF_FLOAT, CF_BOOL, CF_LOSS, CF_BLOCK, CF_FORMAT, CF_UNIT, CF_FUNIT, CF_STR } cf_type;
 
 typedef struct {
     const char *section;
@@ -50,6 +50,7 @@ static const cf_field g_fields[] = {
     F_("model", "maxlen", CF_INT, model.maxlen, 1, 4096, 0, 0),
     F_("model", "dropout", CF_FLOAT, model.dropout, 0, 1, 0, 1),
     F_("model", "attn_dropout", CF_FLOAT, model.attn_dropout, 0, 1, 0, 1),
+    F_("model", "block", CF_BLOCK, model.block, 0, 0, 0, 0),
     F_("model", "loss", CF_LOSS, model.loss, 0, 0, 0, 0),
     F_("model", "negatives", CF_INT, model.n_neg, 1, 100000, 0, 0),
     F_("model", "l2_emb", CF_FLOAT, model.l2_emb, 0, FLT_MAX, 0, 0),
@@ -140,6 +141,7 @@ static const cf_section g_sections[] = {
 #define SECTION_LIST "model, train, eval, data, dp, federation, server or client"
 
 static const char *const g_loss_names[] = {"bce", "sampled_softmax"};         /* by fp_loss_kind */
+static const char *const g_block_names[] = {"prenorm", "sasrec"};              /* by fp_block_kind */
 static const char *const g_format_names[] = {"auto", "text", "csv"};          /* by fp_data_format */
 static const char *const g_unit_names[] = {"none", "record"};                 /* by fp_dp_unit */
 static const char *const g_funit_names[] = {"none", "record", "client"};      /* by fp_fed_unit */
@@ -156,6 +158,9 @@ static const char *const *enum_names(cf_type t, int *count)
     case CF_LOSS:
         *count = 2;
         return g_loss_names;
+    case CF_BLOCK:
+        *count = 2;
+        return g_block_names;
     case CF_FORMAT:
         *count = 3;
         return g_format_names;
@@ -205,6 +210,8 @@ static int f_get_enum(const fp_config_t *c, const cf_field *f)
     switch (f->type) {
     case CF_LOSS:
         return (int)c->model.loss;
+    case CF_BLOCK:
+        return (int)c->model.block;
     case CF_FORMAT:
         return (int)c->data.format;
     case CF_FUNIT:
@@ -218,6 +225,9 @@ static void f_set_enum(fp_config_t *c, const cf_field *f, int v)
     switch (f->type) {
     case CF_LOSS:
         c->model.loss = (fp_loss_kind)v;
+        break;
+    case CF_BLOCK:
+        c->model.block = (fp_block_kind)v;
         break;
     case CF_FORMAT:
         c->data.format = (fp_data_format)v;
@@ -408,6 +418,7 @@ static int field_ok(const fp_config_t *c, size_t i, char *why, size_t n)
         return 1;
     }
     case CF_LOSS:
+    case CF_BLOCK:
     case CF_FORMAT:
     case CF_UNIT:
     case CF_FUNIT: {
@@ -684,6 +695,8 @@ static const char *type_name(cf_type t)
         return "true or false";
     case CF_LOSS:
         return "bce or sampled_softmax";
+    case CF_BLOCK:
+        return "prenorm or sasrec";
     case CF_FORMAT:
         return "auto, text or csv";
     case CF_UNIT:
@@ -870,6 +883,7 @@ static fp_status set_field(cf_ctx *x, size_t fi, struct fy_node *v, int line)
         return FP_OK;
     }
     case CF_LOSS:
+    case CF_BLOCK:
     case CF_FORMAT:
     case CF_UNIT:
     case CF_FUNIT: {
@@ -1178,6 +1192,7 @@ static int section_is_default(const fp_config_t *c, const fp_config_t *d, const 
             break;
         }
         case CF_LOSS:
+        case CF_BLOCK:
         case CF_FORMAT:
         case CF_UNIT:
         case CF_FUNIT:
@@ -1249,6 +1264,7 @@ fp_status fp_config_to_json(const fp_config_t *c, char **out)
                                                (int)strnlen(f_get_str(c, f), FP_CONFIG_STR_MAX));
                 break;
             case CF_LOSS:
+            case CF_BLOCK:
             case CF_FORMAT:
             case CF_UNIT:
             case CF_FUNIT: {
@@ -1328,6 +1344,7 @@ static fp_status json_field(fp_config_t *c, const cf_field *f, json_object *v)
         return FP_OK;
     }
     case CF_LOSS:
+    case CF_BLOCK:
     case CF_FORMAT:
     case CF_UNIT:
     case CF_FUNIT: {

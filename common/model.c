@@ -145,6 +145,8 @@ fp_status fp_model_config_validate(const fp_model_config_t *c)
                        (double)c->attn_dropout);
     if (c->loss != FP_LOSS_BCE && c->loss != FP_LOSS_SAMPLED_SOFTMAX)
         return FP_FAIL(FP_ERR_INVALID, "model config: unknown loss %d", (int)c->loss);
+    if (c->block != FP_BLOCK_PRENORM && c->block != FP_BLOCK_SASREC)
+        return FP_FAIL(FP_ERR_INVALID, "model config: unknown block %d", (int)c->block);
     if (c->n_neg < 1 || c->n_neg > FP_MAX_NEG)
         return FP_FAIL(FP_ERR_INVALID, "model config: n_neg = %d must be in [1, %d]", c->n_neg, FP_MAX_NEG);
     if (!(c->l2_emb >= 0.0f && isfinite(c->l2_emb)))
@@ -502,6 +504,7 @@ static void forward(fp_model_t *m)
     const float p = c->dropout;
     const int drop = m->dropout_on, drop_att = m->att_drop_on;
     const float *P = m->params;
+    const int sr = c->block == FP_BLOCK_SASREC;
 
     /* x0[N x C] = item_emb[id] * sqrt(dim) + pos_emb[t]; dropout (the padding mask is implicit) */
     fp_k_embed_fwd(m->x0, m->tok_id, m->tok_t, P + m->o_wte, P + m->o_wpe, sqrtf((float)C), N, C);
@@ -514,11 +517,13 @@ static void forward(fp_model_t *m)
     for (int l = 0; l < c->blocks; l++) {
         blk_act_t *a = &m->act[l];
         const blk_off_t *o = &m->boff[l];
-        /* attention sub-layer: res1 = x + dropout(MHA(LN1(x)) Wo + bo) */
+        /* attention sub-layer: res1 = x + dropout(MHA(LN1(x)) Wo + bo); sasrec wiring:
+         * res1 = LN1(x) + dropout(MHA(Q = LN1(x), K = V = x) Wo + bo) */
         fp_k_layernorm_fwd(a->ln1, a->ln1_mu, a->ln1_rs, x, P + o->ln1g, P + o->ln1b, N, C, FP_LN_EPS);
         fp_k_linear_fwd(a->q, a->ln1, P + o->wq, P + o->bq, N, C, C);
-        fp_k_linear_fwd(a->k, a->ln1, P + o->wk, P + o->bk, N, C, C);
-        fp_k_linear_fwd(a->v, a->ln1, P + o->wv, P + o->bv, N, C, C);
+        const float *kv_in = sr ? x : a->ln1; /* SASRec: keys and values from the raw input */
+        fp_k_linear_fwd(a->k, kv_in, P + o->wk, P + o->bk, N, C, C);
+        fp_k_linear_fwd(a->v, kv_in, P + o->wv, P + o->bv, N, C, C);
         /* dropout on the attention probabilities (SASRec's): attd holds the mask, then att * mask */
         if (drop_att)
             fp_k_dropout_mask(a->attd, m->att_off[m->U], c->attn_dropout, m->seeds[1 + 3 * c->blocks + l]);
@@ -527,8 +532,9 @@ static void forward(fp_model_t *m)
         fp_k_linear_fwd(m->tmp, a->atty, P + o->wo, P + o->bo, N, C, C);
         if (drop)
             fp_k_dropout_mask(a->m_att, NC, p, m->seeds[1 + 3 * l]);
-        fp_k_add_mul(a->res1, x, m->tmp, drop ? a->m_att : NULL, NC);
-        /* feed-forward sub-layer: out = res1 + dropout(dropout(relu(LN2(res1) W1 + b1)) W2 + b2) */
+        fp_k_add_mul(a->res1, sr ? a->ln1 : x, m->tmp, drop ? a->m_att : NULL, NC);
+        /* feed-forward sub-layer: out = res1 + dropout(dropout(relu(LN2(res1) W1 + b1)) W2 + b2);
+         * sasrec wiring: LN2(res1) + the same */
         fp_k_layernorm_fwd(a->ln2, a->ln2_mu, a->ln2_rs, a->res1, P + o->ln2g, P + o->ln2b, N, C, FP_LN_EPS);
         fp_k_linear_fwd(a->fch, a->ln2, P + o->w1, P + o->b1, N, C, C);
         if (drop)
@@ -537,7 +543,7 @@ static void forward(fp_model_t *m)
         fp_k_linear_fwd(m->tmp, a->fa, P + o->w2, P + o->b2, N, C, C);
         if (drop)
             fp_k_dropout_mask(a->m_ffn, NC, p, m->seeds[3 + 3 * l]);
-        fp_k_add_mul(a->out, a->res1, m->tmp, drop ? a->m_ffn : NULL, NC);
+        fp_k_add_mul(a->out, sr ? a->ln2 : a->res1, m->tmp, drop ? a->m_ffn : NULL, NC);
         x = a->out; /* x * mask is the identity on packed rows */
     }
     fp_k_layernorm_fwd(m->lnf, m->lnf_mu, m->lnf_rs, x, P + m->o_lnfg, P + m->o_lnfb, N, C, FP_LN_EPS);
@@ -562,6 +568,7 @@ static void backward_from_dhl(fp_model_t *m)
     const int drop = m->dropout_on, drop_att = m->att_drop_on;
     const float *P = m->params;
     float *G = m->grads;
+    const int sr = c->block == FP_BLOCK_SASREC;
     if (m->NL == 0)
         return;
 
@@ -576,7 +583,7 @@ static void backward_from_dhl(fp_model_t *m)
         blk_act_t *a = &m->act[l];
         const blk_off_t *o = &m->boff[l];
         const float *x = l > 0 ? m->act[l - 1].out : m->x0;
-        /* dres = d out; feed-forward: out = res1 + dropout(fa W2 + b2) */
+        /* dres = d out; feed-forward: out = res1 (sasrec: ln2) + dropout(fa W2 + b2) */
         const float *dfo = m->dres;
         if (drop) {
             fp_k_mul(m->s1, m->dres, a->m_ffn, NC);
@@ -585,9 +592,13 @@ static void backward_from_dhl(fp_model_t *m)
         fp_k_linear_bwd(m->s2, G + o->w2, G + o->b2, dfo, a->fa, P + o->w2, N, C, C, 0);
         fp_k_relu_bwd(m->s2, m->s2, a->fch, drop ? a->m_relu : NULL, NC);
         fp_k_linear_bwd(m->s1, G + o->w1, G + o->b1, m->s2, a->ln2, P + o->w1, N, C, C, 0);
+        if (sr) { /* out = ln2 + ...: the residual reaches res1 through LN2 only */
+            fp_k_add_mul(m->s1, m->s1, m->dres, NULL, NC);
+            memset(m->dres, 0, NC * sizeof *m->dres);
+        }
         fp_k_layernorm_bwd(m->dres, G + o->ln2g, G + o->ln2b, m->s1, a->res1, P + o->ln2g, a->ln2_mu, a->ln2_rs, N,
                            C); /* dres is now d res1 */
-        /* attention: res1 = x + dropout(atty Wo + bo) */
+        /* attention: res1 = x (sasrec: ln1) + dropout(atty Wo + bo) */
         const float *dao = m->dres;
         if (drop) {
             fp_k_mul(m->s1, m->dres, a->m_att, NC);
@@ -597,8 +608,15 @@ static void backward_from_dhl(fp_model_t *m)
         fp_k_attention_bwd(m->dq, m->dk, m->dv, m->datt, m->s2, a->att, drop_att ? a->attd : NULL, a->q, a->k, a->v,
                            m->off, m->att_off, m->U, C, H, m->tmp);
         fp_k_linear_bwd(m->s1, G + o->wq, G + o->bq, m->dq, a->ln1, P + o->wq, N, C, C, 0);
-        fp_k_linear_bwd(m->s1, G + o->wk, G + o->bk, m->dk, a->ln1, P + o->wk, N, C, C, 1);
-        fp_k_linear_bwd(m->s1, G + o->wv, G + o->bv, m->dv, a->ln1, P + o->wv, N, C, C, 1);
+        if (!sr) {
+            fp_k_linear_bwd(m->s1, G + o->wk, G + o->bk, m->dk, a->ln1, P + o->wk, N, C, C, 1);
+            fp_k_linear_bwd(m->s1, G + o->wv, G + o->bv, m->dv, a->ln1, P + o->wv, N, C, C, 1);
+        } else { /* res1 = ln1 + ...; keys and values read x directly */
+            fp_k_linear_bwd(m->s2, G + o->wk, G + o->bk, m->dk, x, P + o->wk, N, C, C, 0);
+            fp_k_linear_bwd(m->s2, G + o->wv, G + o->bv, m->dv, x, P + o->wv, N, C, C, 1);
+            fp_k_add_mul(m->s1, m->s1, m->dres, NULL, NC);
+            memcpy(m->dres, m->s2, NC * sizeof *m->dres);
+        }
         fp_k_layernorm_bwd(m->dres, G + o->ln1g, G + o->ln1b, m->s1, x, P + o->ln1g, a->ln1_mu, a->ln1_rs, N,
                            C); /* dres is now d x */
     }
@@ -782,6 +800,7 @@ static void dp_norm_pass(fp_model_t *m)
     const int drop = m->dropout_on, drop_att = m->att_drop_on;
     const float *P = m->params;
     float *junk_g = m->dp_junk, *junk_b = m->dp_junk + C;
+    const int sr = c->block == FP_BLOCK_SASREC;
     memset(m->dp_junk, 0, 2 * (size_t)C * sizeof *m->dp_junk);
 
     /* loss: dz (in logits) and dhl, no parameter gradient yet */
@@ -819,6 +838,10 @@ static void dp_norm_pass(fp_model_t *m)
         const float *dfc = m->s2;
         dp_linear_norms(m, a->ln2, &dfc, 1);
         fp_k_sgemm(0, 1, N, C, C, 1.0f, m->s2, C, P + o->w1, C, 0.0f, m->s1, C);
+        if (sr) {
+            fp_k_add_mul(m->s1, m->s1, m->dres, NULL, NC);
+            memset(m->dres, 0, NC * sizeof *m->dres);
+        }
         dp_layernorm_norms(m, m->s1, a->res1, a->ln2_mu, a->ln2_rs);
         fp_k_layernorm_bwd(m->dres, junk_g, junk_b, m->s1, a->res1, P + o->ln2g, a->ln2_mu, a->ln2_rs, N, C);
         /* attention: res1 = x + dropout(atty Wo + bo) */
@@ -832,10 +855,19 @@ static void dp_norm_pass(fp_model_t *m)
         fp_k_attention_bwd(m->dq, m->dk, m->dv, m->datt, m->s2, a->att, drop_att ? a->attd : NULL, a->q, a->k, a->v,
                            m->off, m->att_off, U, C, H, m->tmp);
         const float *dqkv[3] = {m->dq, m->dk, m->dv};
-        dp_linear_norms(m, a->ln1, dqkv, 3);
-        fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dq, C, P + o->wq, C, 0.0f, m->s1, C);
-        fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dk, C, P + o->wk, C, 1.0f, m->s1, C);
-        fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dv, C, P + o->wv, C, 1.0f, m->s1, C);
+        if (!sr) {
+            dp_linear_norms(m, a->ln1, dqkv, 3);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dq, C, P + o->wq, C, 0.0f, m->s1, C);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dk, C, P + o->wk, C, 1.0f, m->s1, C);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dv, C, P + o->wv, C, 1.0f, m->s1, C);
+        } else { /* q from ln1, k and v from x; res1 = ln1 + ... */
+            dp_linear_norms(m, a->ln1, dqkv, 1);
+            dp_linear_norms(m, x, dqkv + 1, 2);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dq, C, P + o->wq, C, 0.0f, m->s1, C);
+            fp_k_add_mul(m->s1, m->s1, m->dres, NULL, NC);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dk, C, P + o->wk, C, 0.0f, m->dres, C);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dv, C, P + o->wv, C, 1.0f, m->dres, C);
+        }
         dp_layernorm_norms(m, m->s1, x, a->ln1_mu, a->ln1_rs);
         fp_k_layernorm_bwd(m->dres, junk_g, junk_b, m->s1, x, P + o->ln1g, a->ln1_mu, a->ln1_rs, N, C);
     }

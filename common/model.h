@@ -10,6 +10,8 @@
  *       attention probabilities, at rate attn_dropout; off when 0; training only)
  *     x = x + dropout(W2 * relu(W1 * LN2(x) + b1) + b2)       (dropout also after relu)
  *     x = x * mask
+ *   (block = FP_BLOCK_SASREC, SASRec's own code: q = LN1(x); x = q + dropout(Wo * MHA(Q = q,
+ *    K = V = x) + bo); f = LN2(x); x = f + dropout(W2 * relu(W1 * f + b1) + b2).)
  *   h     = LN_final(x)
  *   profile(user) = h at the last position (T-1); score(item) = <profile, item_emb[item]>.
  * Only real (non-padding) positions are computed: rows are packed, attention is per user over
@@ -31,6 +33,13 @@ typedef enum {
     FP_LOSS_SAMPLED_SOFTMAX = 1, /* softmax over the positive and n_neg sampled negatives */
 } fp_loss_kind;
 
+typedef enum {
+    FP_BLOCK_PRENORM = 0, /* x = x + Attn(LN1(x)); x = x + FFN(LN2(x)) (pre-LayerNorm Transformer) */
+    FP_BLOCK_SASREC = 1,  /* SASRec's published code: q = LN1(x), x = q + Attn(Q = q, K = V = x);
+                           * f = LN2(x), x = f + FFN(f) (queries normalised, keys/values raw,
+                           * residuals from the normalised inputs) */
+} fp_block_kind;
+
 typedef struct {
     int n_items;   /* catalogue size; item_emb has n_items + 1 rows, row 0 = padding */
     int dim;       /* hidden size, divisible by heads */
@@ -41,6 +50,7 @@ typedef struct {
     float attn_dropout; /* dropout on the attention probabilities, [0, 1); 0 = off (default: it
                          * measured worse on Games, see docs/BENCHMARKS.md) */
     fp_loss_kind loss;
+    fp_block_kind block; /* block wiring (default FP_BLOCK_PRENORM) */
     int n_neg;     /* negatives per position: 1 for BCE, K for sampled softmax */
     float l2_emb;  /* L2 coefficient on item embeddings (SASRec's l2_emb), >= 0 */
 } fp_model_config_t;

@@ -215,6 +215,7 @@ static void test_bad_flags(void **state)
     assert_int_equal(run("train --data data.txt --out x --dim"), 1);
     assert_int_equal(run("train --data data.txt --out x --dim 10 --heads 3"), 1);
     assert_int_equal(run("train --data data.txt --out x --loss hinge"), 2);
+    assert_int_equal(run("train --data data.txt --out x --block postnorm"), 2);
     assert_int_equal(run("train --data data.txt --out x --seed -1"), 1);
     assert_int_equal(run("embed --model model/model.safetensors --data data.txt"), 2);
 }

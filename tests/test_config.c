@@ -71,7 +71,8 @@ static int travel_equal(const fp_config_t *a, const fp_config_t *b)
            a->data.format == b->data.format && a->dp.unit == b->dp.unit &&
            feq(a->dp.noise_multiplier, b->dp.noise_multiplier) && feq(a->dp.clip, b->dp.clip) &&
            feq(a->dp.delta, b->dp.delta) && feq(a->dp.target_epsilon, b->dp.target_epsilon) &&
-           a->dp.seed == b->dp.seed && feq(a->model.attn_dropout, b->model.attn_dropout);
+           a->dp.seed == b->dp.seed && feq(a->model.attn_dropout, b->model.attn_dropout) &&
+           a->model.block == b->model.block;
 }
 
 /* Field-by-field equality (no memcmp over padding). */
@@ -325,6 +326,7 @@ static void test_overrides(void **state)
                     "  dim: 64        # trailing comment\n"
                     "  heads: 4\n"
                     "  loss: sampled_softmax\n"
+                    "  block: sasrec\n"
                     "  negatives: +16\n"
                     "  dropout: .25\n"
                     "train:\n"
@@ -344,6 +346,7 @@ static void test_overrides(void **state)
     assert_int_equal(c.model.dim, 64);
     assert_int_equal(c.model.heads, 4);
     assert_int_equal(c.model.loss, FP_LOSS_SAMPLED_SOFTMAX);
+    assert_int_equal(c.model.block, FP_BLOCK_SASREC);
     assert_int_equal(c.model.n_neg, 16);
     assert_true(c.model.dropout == 0.25f);
     assert_true(c.train.lr == 1e-3f);
@@ -568,6 +571,8 @@ static const err_case g_errors[] = {
     {"eval:\n  full: 1\n", FP_ERR_INVALID, 2, "eval.full"},
     {"eval:\n  full: yes\n", FP_ERR_INVALID, 2, "eval.full"},
     {"model:\n  loss: hinge\n", FP_ERR_INVALID, 2, "model.loss"},
+    {"model:\n  block: postnorm\n", FP_ERR_INVALID, 2, "model.block"},
+    {"model:\n  block: 1\n", FP_ERR_INVALID, 2, "model.block"},
     {"model:\n  loss: [bce]\n", FP_ERR_INVALID, 2, "model.loss"},
     {"data:\n  format: parquet\n", FP_ERR_INVALID, 2, "data.format"},
     {"dp:\n  unit: client\n", FP_ERR_INVALID, 2, "dp.unit"},
@@ -903,6 +908,7 @@ static void test_json_roundtrip(void **state)
     a.model.maxlen = 200;
     a.model.dropout = 0.1f;
     a.model.loss = FP_LOSS_SAMPLED_SOFTMAX;
+    a.model.block = FP_BLOCK_SASREC;
     a.model.n_neg = 64;
     a.model.l2_emb = 3.0e-7f;
     a.train.epochs = 7;
@@ -1015,6 +1021,7 @@ static void test_json_errors(void **state)
         {"{\"model\":{\"dim\":0}}", FP_ERR_RANGE, "model.dim"},
         {"{\"model\":{\"loss\":\"hinge\"}}", FP_ERR_INVALID, "model.loss"},
         {"{\"model\":{\"loss\":1}}", FP_ERR_INVALID, "model.loss"},
+        {"{\"model\":{\"block\":\"post\"}}", FP_ERR_INVALID, "model.block"},
         {"{\"model\":{\"dropout\":NaN}}", FP_ERR_RANGE, "model.dropout"},
         {"{\"train\":{\"lr\":1e300}}", FP_ERR_RANGE, "train.lr"},
         {"{\"train\":{\"lr\":\"0.1\"}}", FP_ERR_INVALID, "train.lr"},

@@ -156,9 +156,11 @@ static int compare(const float *a, const double *b, size_t n, const char *what)
     return bad;
 }
 
-static void clipped_vs_naive(fp_loss_kind loss, int K)
+static void clipped_vs_naive(fp_loss_kind loss, int K, fp_block_kind block)
 {
-    fp_model_config_t c = cfg(loss, K, 0.0f, 0.01f), c0 = c;
+    fp_model_config_t c = cfg(loss, K, 0.0f, 0.01f), c0;
+    c.block = block;
+    c0 = c;
     c0.l2_emb = 0.0f;
     fp_model_t *m = make(&c, NB, 11), *ref = make(&c0, 1, 11);
     const size_t P = fp_model_layout(m)->total;
@@ -230,13 +232,21 @@ static void clipped_vs_naive(fp_loss_kind loss, int K)
 static void test_clipped_vs_naive_bce(void **state)
 {
     (void)state;
-    clipped_vs_naive(FP_LOSS_BCE, 1);
+    clipped_vs_naive(FP_LOSS_BCE, 1, FP_BLOCK_PRENORM);
 }
 
 static void test_clipped_vs_naive_softmax(void **state)
 {
     (void)state;
-    clipped_vs_naive(FP_LOSS_SAMPLED_SOFTMAX, 4);
+    clipped_vs_naive(FP_LOSS_SAMPLED_SOFTMAX, 4, FP_BLOCK_PRENORM);
+}
+
+/* SASRec's wiring: keys and values read the block input, queries and the residual LN1(x). */
+static void test_clipped_vs_naive_sasrec(void **state)
+{
+    (void)state;
+    clipped_vs_naive(FP_LOSS_BCE, 1, FP_BLOCK_SASREC);
+    clipped_vs_naive(FP_LOSS_SAMPLED_SOFTMAX, 4, FP_BLOCK_SASREC);
 }
 
 /* A long window (maxlen 40 > dim 16) makes the linear layers take the materialised per-user
@@ -668,6 +678,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_clipped_vs_naive_bce),
         cmocka_unit_test(test_clipped_vs_naive_softmax),
+        cmocka_unit_test(test_clipped_vs_naive_sasrec),
         cmocka_unit_test(test_ghost_and_materialised),
         cmocka_unit_test(test_huge_clip_equals_nonprivate),
         cmocka_unit_test(test_dropout_norms),
