@@ -245,7 +245,7 @@ class SASRec(nn.Module):
         x = F.dropout(x, self.p, self.training) * mask
         # Additive mask: causal and padding keys. Finite (-1e9), so a padding query, whose keys
         # are all padding, gets finite values (zeroed by the mask) instead of NaN.
-        bias = torch.zeros(seq.shape[0], self.maxlen, self.maxlen).masked_fill_(
+        bias = torch.zeros(seq.shape[0], self.maxlen, self.maxlen, device=seq.device).masked_fill_(
             self.causal.unsqueeze(0) | pad.unsqueeze(1), -1e9)
         for b in self.blocks:
             x = b(x, bias, mask)
@@ -341,6 +341,8 @@ def main():
     ap.add_argument("--load-fedprof", metavar="FILE", help="embed: use fedprof's model.safetensors")
     ap.add_argument("--save-profiles", metavar="FILE", help="embed: write the profiles (.npy)")
     ap.add_argument("--json", action="store_true", help="(output is always one JSON line)")
+    ap.add_argument("--device", default="cpu", help="cpu or cuda (train: batches are copied to it per step, "
+                    "inside the timed step; loss.item() waits for the GPU)")
     a = ap.parse_args()
 
     torch.set_num_threads(a.threads)
@@ -353,14 +355,16 @@ def main():
     load_s = time.perf_counter() - t0
 
     model = SASRec(n_items, a.dim, a.blocks, a.heads, a.maxlen, a.dropout, a.attn, a.attn_dropout)
+    dev = torch.device(a.device)
     info = {"impl": "torch", "torch": torch.__version__, "threads": torch.get_num_threads(),
-            "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "attn": a.attn,
+            "openblas_threads": os.environ.get("OPENBLAS_NUM_THREADS"), "attn": a.attn, "device": a.device,
             "malloc_mmap_threshold": os.environ.get("MALLOC_MMAP_THRESHOLD_", "glibc default"),
             "users": n_users, "items": n_items, "interactions": int(len(items)),
             "load_seconds": round(load_s, 3), "rss_after_import_mb": round(rss_import, 1)}
 
     if a.load_fedprof:
         load_fedprof(model, a.load_fedprof)
+    model.to(dev)
     if a.mode == "train":
         model.train()
         opt = torch.optim.Adam(model.parameters(), lr=a.lr, betas=(0.9, 0.98), eps=1e-8,
@@ -380,6 +384,8 @@ def main():
             last_epoch_loss = []
             for seq, pos, neg in batches:
                 t0 = time.perf_counter()
+                if dev.type != "cpu":
+                    seq, pos, neg = seq.to(dev), pos.to(dev), neg.to(dev)
                 loss = model.loss(seq, pos, neg, a.l2_emb)
                 opt.zero_grad(set_to_none=True)
                 loss.backward()
@@ -425,10 +431,10 @@ def main():
         eb = a.embed_batch
         prof = torch.empty(n_users, a.dim)
         with torch.no_grad():
-            model.profiles(S[:eb])  # one warm-up batch, not timed
+            model.profiles(S[:eb].to(dev))  # one warm-up batch, not timed
             t0 = time.perf_counter()
             for s in range(0, n_users, eb):
-                prof[s:s + eb] = model.profiles(S[s:s + eb])
+                prof[s:s + eb] = model.profiles(S[s:s + eb].to(dev)).cpu()
             sec = time.perf_counter() - t0
         assert torch.isfinite(prof).all()
         if a.save_profiles:

@@ -20,6 +20,7 @@
 #include "common/config.h"
 #include "common/data.h"
 #include "common/eval.h"
+#include "common/kernels.h"
 #include "common/log.h"
 #include "common/model_io.h"
 #include "common/npy.h"
@@ -115,10 +116,29 @@ static int cmd_begin(const char *cmd, int argc, char **argv, const fp_opt_t *opt
     return -1;
 }
 
+/* --device: choose the compute back-end before any model exists (kernels.h). One log line says
+ * which, and why the CPU when auto found no GPU. Returns 0, or the exit code. */
+static int select_device(const char *cmd, const char *dev)
+{
+    fp_k_device want = FP_K_DEVICE_AUTO, got;
+    if (dev && fp_k_device_parse(dev, &want) != FP_OK) {
+        fprintf(stderr, "fedprof-client %s: error: --device: %s\n", cmd, fp_error_message());
+        return 2;
+    }
+    char info[320];
+    if (fp_k_device_select(want, &got, info, sizeof info) != FP_OK) {
+        fprintf(stderr, "fedprof-client %s: error: %s\n", cmd, fp_error_message());
+        return 1;
+    }
+    fp_log_info("device: %s", info);
+    return 0;
+}
+
 /* ---- train ---- */
 static int cmd_train(int argc, char **argv)
 {
-    const char *data = NULL, *config = NULL, *out = NULL, *loss = NULL, *format = NULL, *block = NULL;
+    const char *data = NULL, *config = NULL, *out = NULL, *loss = NULL, *format = NULL, *block = NULL,
+               *device = NULL;
     int resume = 0, json = 0, quiet = 0, help = 0;
     int epochs = -1, threads = -1, dim = -1, blocks = -1, heads = -1, maxlen = -1, batch = -1, eval_every = -1,
         negatives = -1, eval_users = -1, patience = -1, no_full = 0;
@@ -133,6 +153,8 @@ static int cmd_train(int argc, char **argv)
         {"resume", FP_OPT_FLAG, &resume, 0, 0, NULL, "continue from the checkpoint in --out"},
         {"epochs", FP_OPT_INT, &epochs, 0, 1e7, NULL, "total epochs (train.epochs)"},
         {"threads", FP_OPT_INT, &threads, 1, 256, NULL, "compute threads (train.threads; default all cores)"},
+        {"device", FP_OPT_STR, &device, 0, 0, NULL,
+         "auto | cpu | cuda: where to train (default auto: the GPU when there is one)"},
         {"dim", FP_OPT_INT, &dim, 1, 4096, NULL, "hidden size (model.dim)"},
         {"blocks", FP_OPT_INT, &blocks, 1, 64, NULL, "Transformer blocks (model.blocks)"},
         {"heads", FP_OPT_INT, &heads, 1, 64, NULL, "attention heads (model.heads)"},
@@ -238,6 +260,9 @@ static int cmd_train(int argc, char **argv)
     if (fp_config_validate(&cfg) != FP_OK)
         return fail("train");
 
+    int drc = select_device("train", device);
+    if (drc)
+        return drc;
     fp_dataset_t *d = NULL;
     double t0 = fp_now();
     if (fp_data_load(data, cfg.data.format, &d) != FP_OK)
@@ -644,7 +669,7 @@ static int set_cfg_str(char *dst, const char *src, const char *flag)
 static int cmd_join(int argc, char **argv)
 {
     const char *config = NULL, *server = NULL, *data = NULL, *format = NULL, *ca = NULL, *cert = NULL, *key = NULL,
-               *name = NULL, *out = NULL, *ledger_dir = NULL;
+               *name = NULL, *out = NULL, *ledger_dir = NULL, *device = NULL;
     int help = 0, insecure = 0, quiet = 0, json = 0, threads = 0, no_eval = 0;
     float give_up = -1, budget = -1;
     fp_opt_t opts[] = {
@@ -663,6 +688,7 @@ static int cmd_join(int argc, char **argv)
         {"budget-epsilon", FP_OPT_FLOAT, &budget, 0, 1e6, NULL,
          "your privacy budget: rounds that would pass it are refused (client.budget_epsilon)"},
         {"threads", FP_OPT_INT, &threads, 1, 256, NULL, "compute threads (default all cores)"},
+        {"device", FP_OPT_STR, &device, 0, 0, NULL, "auto | cpu | cuda: where to train (default auto)"},
         {"give-up", FP_OPT_FLOAT, &give_up, 0, 1e9, NULL, "fail after this many seconds without progress (0: never)"},
         {"no-eval", FP_OPT_FLAG, &no_eval, 0, 0, NULL, "do not evaluate the final model on your held-out items"},
         {"json", FP_OPT_FLAG, &json, 0, 0, NULL, "end with one JSON line of results"},
@@ -724,6 +750,11 @@ static int cmd_join(int argc, char **argv)
             return fail("join");
     }
     fp_log_set_quiet(quiet);
+    int drc = select_device("join", device);
+    if (drc) {
+        fp_wire_creds_destroy(creds);
+        return drc;
+    }
     fp_dataset_t *d = NULL;
     if (fp_data_load(data, fmt, &d) != FP_OK) {
         fp_wire_creds_destroy(creds);

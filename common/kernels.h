@@ -15,16 +15,50 @@
  *    one thread, so those results do not depend on the thread count; only the sgemm splits
  *    may round differently with a different thread count;
  *  - dropout masks are a pure function of (seed, element index), not of the thread schedule.
+ * On the CUDA back-end the same formulas run with other summation orders (cuBLAS, parallel
+ * reductions, atomic scatter-adds) and fused multiply-adds: results equal the CPU's to float
+ * rounding, not bit for bit, and may vary between runs; dropout masks are bit-identical. The
+ * tolerances are stated and checked in tests/test_cuda.c.
  *
  * Thread-safety: the thread count is a setting of the calling thread (fp_k_set_threads). The
  * functions are re-entrant on disjoint buffers; each call spawns its own OpenMP team of that
  * many threads, so callers running several models at once should divide the cores between
- * them. No function allocates memory. */
+ * them. No function allocates memory (but fp_k_alloc, which is for the caller). */
 #ifndef FEDPROF_COMMON_KERNELS_H
 #define FEDPROF_COMMON_KERNELS_H
 
 #include <stddef.h>
 #include <stdint.h>
+
+#include "common/errors.h"
+
+/* ---- the device behind these functions (kernels_device.c) ----
+ * CPU: OpenBLAS and OpenMP (kernels_cpu.c), always. CUDA: cuBLAS and CUDA kernels
+ * (kernels_cuda.cu), in builds made with the CUDA toolkit (FEDPROF_CUDA=AUTO finds it) and only
+ * where a GPU is present. With CUDA selected, buffers from fp_k_alloc are CUDA managed memory and
+ * every kernel whose arrays all live there runs on the GPU; a call given a plain host array
+ * runs on the CPU instead, so results never depend on where a caller's buffer came from. */
+typedef enum { FP_K_DEVICE_AUTO = 0, FP_K_DEVICE_CPU = 1, FP_K_DEVICE_CUDA = 2 } fp_k_device;
+/* "auto", "cpu", "cuda". */
+const char *fp_k_device_name(fp_k_device d);
+fp_status fp_k_device_parse(const char *s, fp_k_device *out);
+/* 1 if this build has the CUDA back-end. */
+int fp_k_cuda_built(void);
+/* Choose the device for the whole process, before any model is created. AUTO takes CUDA when it
+ * is usable and the CPU otherwise; CUDA fails with FP_ERR_UNSUPPORTED and the reason (no CUDA
+ * back-end in this build, no GPU, no driver) when it is not. *got (may be NULL) receives the
+ * device chosen and info (may be NULL) one line for the log, e.g. "cpu (no GPU: ...)". */
+fp_status fp_k_device_select(fp_k_device want, fp_k_device *got, char *info, size_t n);
+fp_k_device fp_k_device_current(void);
+/* Memory for the kernels' arrays on the current device: 64-byte aligned host memory on the CPU,
+ * managed memory (also host-accessible) with CUDA. Not zeroed. NULL on failure. Free with
+ * fp_k_free (which frees either kind). */
+void *fp_k_alloc(size_t bytes);
+void fp_k_free(void *p);
+/* FP_OK, or the first device error since the last call (its statement, file and line left as
+ * the error message), which it clears. The kernels themselves return nothing: callers check this
+ * after a pass (the model does, after every forward and backward). */
+fp_status fp_k_take_error(void);
 
 /* Threads used by the following kernels called from this thread (clamped to [1, 256]). Also
  * forces OpenBLAS to one thread (a process-wide setting) so that its pool never competes with
@@ -58,6 +92,8 @@ void fp_k_layernorm_bwd(float *din, float *dg, float *db, const float *dout, con
  * pure function of (seed, i) (SplitMix64 of seed + (i+1)*golden ratio, top 24 bits compared
  * with p), so a mask does not depend on the thread count. p must be in [0, 1). */
 void fp_k_dropout_mask(float *mask, size_t n, float p, uint64_t seed);
+/* x[n] = 0 (on the device the array lives on: the model zeroes its device buffers this way). */
+void fp_k_zero(float *x, size_t n);
 /* out[n] = x + y * mask (mask NULL: 1). out may alias x or y. */
 void fp_k_add_mul(float *out, const float *x, const float *y, const float *mask, size_t n);
 /* out[n] = a * mask. out may alias a. */

@@ -212,9 +212,10 @@ static float *act_alloc(size_t n, fp_status *st)
         *st = FP_FAIL(FP_ERR_RANGE, "activation buffer of %zu floats too large", n);
         return NULL;
     }
-    float *p = aligned_alloc(64, (n * sizeof(float) + 63) / 64 * 64);
+    float *p = fp_k_alloc(n * sizeof(float)); /* the device's memory (kernels.h) */
     if (!p)
-        *st = FP_FAIL(FP_ERR_NOMEM, "activation buffer of %zu floats", n);
+        *st = FP_FAIL(FP_ERR_NOMEM, "activation buffer of %zu floats (%s)", n,
+                      fp_k_device_name(fp_k_device_current()));
     return p;
 }
 
@@ -224,9 +225,11 @@ static void *mem_alloc(size_t n, size_t size, fp_status *st)
         return NULL;
     if (n == 0)
         n = 1;
-    void *p = n > SIZE_MAX / size ? NULL : calloc(n, size);
+    void *p = n > SIZE_MAX / size ? NULL : fp_k_alloc(n * size);
     if (!p)
         *st = FP_FAIL(FP_ERR_NOMEM, "model index buffer of %zu x %zu bytes", n, size);
+    else
+        memset(p, 0, n * size);
     return p;
 }
 
@@ -262,16 +265,18 @@ fp_status fp_model_create(const fp_model_config_t *cfg, int max_batch, int threa
     m->S = (int)S;
     fp_layout_init(&m->layout);
     const int L = cfg->blocks;
-    m->boff = mem_alloc((size_t)L, sizeof *m->boff, &st);
-    m->act = mem_alloc((size_t)L, sizeof *m->act, &st);
+    m->boff = calloc(L > 0 ? (size_t)L : 1, sizeof *m->boff); /* host-side book-keeping */
+    m->act = calloc(L > 0 ? (size_t)L : 1, sizeof *m->act);
+    if (!m->boff || !m->act)
+        st = FP_FAIL(FP_ERR_NOMEM, "model block tables");
     if (st != FP_OK || (st = build_layout(m)) != FP_OK)
         goto fail;
-    m->params = fp_buffer_alloc(m->layout.total);
-    m->grads = fp_buffer_alloc(m->layout.total);
-    if (!m->params || !m->grads) {
-        st = FP_FAIL(FP_ERR_NOMEM, "model parameters (%zu floats)", m->layout.total);
+    m->params = act_alloc(m->layout.total, &st);
+    m->grads = act_alloc(m->layout.total, &st);
+    if (st != FP_OK)
         goto fail;
-    }
+    memset(m->params, 0, m->layout.total * sizeof *m->params);
+    memset(m->grads, 0, m->layout.total * sizeof *m->grads);
 
     const size_t NC = max_tok * C;
     const int drop = cfg->dropout > 0.0f, drop_att = cfg->attn_dropout > 0.0f;
@@ -348,27 +353,27 @@ void fp_model_destroy(fp_model_t *m)
                              a->res1, a->ln2, a->ln2_mu, a->ln2_rs, a->fch, a->fa, a->out, a->m_att, a->m_relu,
                              a->m_ffn, a->attd};
             for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-                free(bufs[i]);
+                fp_k_free(bufs[i]);
         }
         free(m->act);
     }
     float *bufs[] = {m->x0,  m->m_emb, m->lnf, m->lnf_mu, m->lnf_rs, m->hl, m->logits, m->tmp,
                      m->dres, m->s1,   m->s2,  m->dq,     m->dk,     m->dv, m->dhl,    m->datt};
     for (size_t i = 0; i < sizeof bufs / sizeof bufs[0]; i++)
-        free(bufs[i]);
-    free(m->tok_id);
-    free(m->tok_t);
-    free(m->off);
-    free(m->att_off);
-    free(m->loss_row);
-    free(m->items);
-    free(m->prof_row);
-    free(m->loff);
+        fp_k_free(bufs[i]);
+    fp_k_free(m->tok_id);
+    fp_k_free(m->tok_t);
+    fp_k_free(m->off);
+    fp_k_free(m->att_off);
+    fp_k_free(m->loss_row);
+    fp_k_free(m->items);
+    fp_k_free(m->prof_row);
+    fp_k_free(m->loff);
     dp_free(m);
-    free(m->seeds);
+    fp_k_free(m->seeds);
     free(m->boff);
-    fp_buffer_free(m->params);
-    fp_buffer_free(m->grads);
+    fp_k_free(m->params);
+    fp_k_free(m->grads);
     fp_layout_free(&m->layout);
     free(m);
 }
@@ -573,10 +578,10 @@ static void backward_from_dhl(fp_model_t *m)
         return;
 
     /* dlnf [N x C] (in s1): scatter of dhl; padding loss rows feed ln_f.b directly */
-    memset(m->s1, 0, NC * sizeof *m->s1);
+    fp_k_zero(m->s1, NC);
     fp_k_scatter_rows_add(m->s1, G + m->o_lnfb, m->dhl, m->loss_row, m->NL, C);
     const float *xL = c->blocks > 0 ? m->act[c->blocks - 1].out : m->x0;
-    memset(m->dres, 0, NC * sizeof *m->dres);
+    fp_k_zero(m->dres, NC);
     fp_k_layernorm_bwd(m->dres, G + m->o_lnfg, G + m->o_lnfb, m->s1, xL, P + m->o_lnfg, m->lnf_mu, m->lnf_rs, N, C);
 
     for (int l = c->blocks - 1; l >= 0; l--) {
@@ -594,7 +599,7 @@ static void backward_from_dhl(fp_model_t *m)
         fp_k_linear_bwd(m->s1, G + o->w1, G + o->b1, m->s2, a->ln2, P + o->w1, N, C, C, 0);
         if (sr) { /* out = ln2 + ...: the residual reaches res1 through LN2 only */
             fp_k_add_mul(m->s1, m->s1, m->dres, NULL, NC);
-            memset(m->dres, 0, NC * sizeof *m->dres);
+            fp_k_zero(m->dres, NC);
         }
         fp_k_layernorm_bwd(m->dres, G + o->ln2g, G + o->ln2b, m->s1, a->res1, P + o->ln2g, a->ln2_mu, a->ln2_rs, N,
                            C); /* dres is now d res1 */
@@ -679,7 +684,7 @@ fp_status fp_model_loss(fp_model_t *m, const fp_batch_t *b, int training, fp_rng
     double l2 = m->cfg.l2_emb > 0.0f ? (double)m->cfg.l2_emb * fp_k_sumsq(m->params + m->o_wte, e->numel) : 0.0;
     if (loss_out)
         *loss_out = (m->NL > 0 ? data / m->NL : 0.0) + l2;
-    return FP_OK;
+    return fp_k_take_error(); /* a device error during the pass (FP_OK on the CPU) */
 }
 
 fp_status fp_model_loss_grad(fp_model_t *m, const fp_batch_t *b, fp_rng_t *rng, double *loss_out)
@@ -693,31 +698,31 @@ fp_status fp_model_loss_grad(fp_model_t *m, const fp_batch_t *b, fp_rng_t *rng, 
     const size_t n_emb = m->layout.tensors[0].numel;
     const size_t C = (size_t)m->cfg.dim;
     float *G = m->grads;
-    memset(G + n_emb, 0, (m->layout.total - n_emb) * sizeof *G); /* item_emb is at offset 0 */
+    fp_k_zero(G + n_emb, m->layout.total - n_emb); /* item_emb is at offset 0 */
     double l2 = 0.0;
     if (m->cfg.l2_emb > 0.0f)
         l2 = (double)m->cfg.l2_emb * fp_k_sumsq_scaled_copy(G + m->o_wte, m->params + m->o_wte, n_emb,
                                                             2.0f * m->cfg.l2_emb);
     else
-        memset(G + m->o_wte, 0, n_emb * sizeof *G);
+        fp_k_zero(G + m->o_wte, n_emb);
     backward(m);
-    memset(G + m->o_wte, 0, C * sizeof *G); /* padding row: no gradient (torch's padding_idx) */
+    fp_k_zero(G + m->o_wte, C); /* padding row: no gradient (torch's padding_idx) */
     if (loss_out)
         *loss_out = (m->NL > 0 ? data / m->NL : 0.0) + l2;
-    return FP_OK;
+    return fp_k_take_error();
 }
 
 /* ------------------------------------------------------------------ DP-SGD */
 
 static void dp_free(fp_model_t *m)
 {
-    free(m->dp_n2);
-    free(m->dp_rs);
-    free(m->dp_ident);
-    free(m->dp_ub);
-    free(m->dp_ug);
-    free(m->dp_junk);
-    free(m->dp_lin);
+    fp_k_free(m->dp_n2);
+    fp_k_free(m->dp_rs);
+    fp_k_free(m->dp_ident);
+    fp_k_free(m->dp_ub);
+    fp_k_free(m->dp_ug);
+    fp_k_free(m->dp_junk);
+    fp_k_free(m->dp_lin);
     free(m->dp_emb);
     m->dp_n2 = NULL, m->dp_rs = NULL, m->dp_ident = NULL, m->dp_ub = NULL, m->dp_ug = NULL, m->dp_junk = NULL;
     m->dp_lin = NULL, m->dp_emb = NULL;
@@ -808,7 +813,7 @@ static void dp_norm_pass(fp_model_t *m)
                               1.0f);
     fp_k_sampled_scores_bwd(m->dhl, NULL, m->logits, m->hl, m->items, P + m->o_wte, m->NL, m->S, C);
     /* final LayerNorm; a loss target at a padding position feeds ln_f.b directly (h = ln_f.b) */
-    memset(m->s1, 0, NC * sizeof *m->s1);
+    fp_k_zero(m->s1, NC);
     fp_k_scatter_rows_add(m->s1, NULL, m->dhl, m->loss_row, m->NL, C);
     const float *xL = c->blocks > 0 ? m->act[c->blocks - 1].out : m->x0;
     fp_k_user_colsums(m->dp_ub, m->dp_ug, m->s1, xL, m->lnf_mu, m->lnf_rs, m->off, U, C);
@@ -819,7 +824,7 @@ static void dp_norm_pass(fp_model_t *m)
                     m->dp_ub[(size_t)u * C + j] += m->dhl[(size_t)v * C + j];
     fp_k_user_sqnorms(m->dp_n2, m->dp_ub, m->dp_ident, U, C);
     fp_k_user_sqnorms(m->dp_n2, m->dp_ug, m->dp_ident, U, C);
-    memset(m->dres, 0, NC * sizeof *m->dres);
+    fp_k_zero(m->dres, NC);
     fp_k_layernorm_bwd(m->dres, junk_g, junk_b, m->s1, xL, P + m->o_lnfg, m->lnf_mu, m->lnf_rs, N, C);
 
     for (int l = c->blocks - 1; l >= 0; l--) {
@@ -840,7 +845,7 @@ static void dp_norm_pass(fp_model_t *m)
         fp_k_sgemm(0, 1, N, C, C, 1.0f, m->s2, C, P + o->w1, C, 0.0f, m->s1, C);
         if (sr) {
             fp_k_add_mul(m->s1, m->s1, m->dres, NULL, NC);
-            memset(m->dres, 0, NC * sizeof *m->dres);
+            fp_k_zero(m->dres, NC);
         }
         dp_layernorm_norms(m, m->s1, a->res1, a->ln2_mu, a->ln2_rs);
         fp_k_layernorm_bwd(m->dres, junk_g, junk_b, m->s1, a->res1, P + o->ln2g, a->ln2_mu, a->ln2_rs, N, C);
@@ -914,7 +919,7 @@ fp_status fp_model_loss_grad_clipped(fp_model_t *m, const fp_batch_t *b, fp_rng_
     }
     float *G = m->grads;
     if (!accumulate)
-        memset(G, 0, m->layout.total * sizeof *G);
+        fp_k_zero(G, m->layout.total);
     if (m->NL > 0) {
         /* the clipped pass: user u's loss scaled by its factor, so the grads receive sum_u c_u g_u */
         fp_k_scale_rows(m->logits, m->dp_rs, m->NL, m->S);
@@ -922,10 +927,10 @@ fp_status fp_model_loss_grad_clipped(fp_model_t *m, const fp_batch_t *b, fp_rng_
                                 C);
         backward_from_dhl(m);
     }
-    memset(G + m->o_wte, 0, (size_t)C * sizeof *G); /* padding row: no gradient */
+    fp_k_zero(G + m->o_wte, (size_t)C); /* padding row: no gradient */
     if (loss_out)
         *loss_out = m->NL > 0 ? data / m->NL : 0.0;
-    return FP_OK;
+    return fp_k_take_error();
 }
 
 void fp_model_add_l2_grad(fp_model_t *m)
@@ -949,12 +954,15 @@ fp_status fp_adam_create(fp_adam_t *a, size_t n)
     memset(a, 0, sizeof *a);
     if (n == 0)
         return FP_FAIL(FP_ERR_INVALID, "fp_adam_create: n = 0");
-    a->m = fp_buffer_alloc(n);
-    a->v = fp_buffer_alloc(n);
-    if (!a->m || !a->v) {
+    fp_status st = FP_OK;
+    a->m = act_alloc(n, &st); /* the device's memory, like the model's */
+    a->v = act_alloc(n, &st);
+    if (st != FP_OK) {
         fp_adam_destroy(a);
         return FP_FAIL(FP_ERR_NOMEM, "Adam state of %zu floats", n);
     }
+    memset(a->m, 0, n * sizeof *a->m);
+    memset(a->v, 0, n * sizeof *a->v);
     a->n = n;
     return FP_OK;
 }
@@ -963,8 +971,8 @@ void fp_adam_destroy(fp_adam_t *a)
 {
     if (!a)
         return;
-    fp_buffer_free(a->m);
-    fp_buffer_free(a->v);
+    fp_k_free(a->m);
+    fp_k_free(a->v);
     memset(a, 0, sizeof *a);
 }
 
@@ -995,7 +1003,7 @@ fp_status fp_model_profiles(fp_model_t *m, const int32_t *seq, int B, float *out
     fp_k_set_threads(m->threads);
     forward(m);
     fp_k_gather_rows(out, m->lnf, m->prof_row, NULL, B, m->cfg.dim);
-    return FP_OK;
+    return fp_k_take_error();
 }
 
 void fp_model_score_items(const fp_model_t *m, const float *profile, const int32_t *items, int n, float *out)

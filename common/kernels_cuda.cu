@@ -1,0 +1,973 @@
+/* kernels_cuda: the CUDA back-end of common/kernels.h (cuBLAS for the matrix products, small
+ * CUDA kernels for the rest), compiled when CMake finds the CUDA toolkit (FEDPROF_CUDA=AUTO/ON).
+ *
+ * How it plugs in (see kernels_cuda.h): with the CUDA device selected, the model's buffers are
+ * CUDA managed memory (fp_k_alloc), so the host code of the model (packing a batch, the DP-SGD
+ * clip factors, its memsets) keeps working on them, and each fp_k_* function in kernels_cpu.c
+ * first offers its call to the fp_kcuda_* function of the same name here. That function runs it
+ * on the GPU when every array it is given is device-accessible (returns 1), or declines (returns
+ * 0: a caller's plain host array, e.g. fp_model_profiles' output) and the CPU code runs instead.
+ * On the GPU: sgemm, linear, LayerNorm, dropout masks, the elementwise ops, embeddings, gathers
+ * and scatters, attention (forward and backward), the sampled losses, Adam, sums of squares.
+ * Not yet (they run on the CPU, on the same managed memory): DP-SGD's per-user norms
+ * (fp_k_user_*, fp_k_linear_user_sqnorms, fp_k_embed_user_sqnorms) and fp_k_gather_dot (scoring
+ * into callers' host arrays). Every GPU call ends with a device synchronisation, so the host may
+ * touch any buffer between two calls; the price is one synchronisation per kernel call, and a
+ * page migration whenever the host touches managed memory the GPU wrote.
+ *
+ * Errors: a failed CUDA or cuBLAS call is recorded with its statement, file and line
+ * (fp_error_set) in a process-wide sticky slot that fp_k_take_error returns; the model checks it
+ * after every pass and fails the step. The call still returns 1 (handled): after a device error
+ * its outputs are undefined, and running the CPU code on possibly half-written inputs would hide
+ * the error.
+ *
+ * Numerics: the same formulas as kernels_cpu.c in float, with different summation orders
+ * (parallel reductions, atomics in the scatter-adds), so results agree with the CPU back-end to
+ * float rounding, not bit for bit; dropout masks are bit-identical (the same SplitMix64 of the
+ * element index). tests/test_cuda.c states and checks the tolerances. */
+#include <cublas_v2.h>
+#include <cuda_runtime.h>
+
+#include <math.h>
+#include <stdint.h>
+#include <stdio.h>
+#include <string.h>
+
+extern "C" {
+#include "common/errors.h"
+#include "common/kernels_cuda.h"
+}
+
+/* ------------------------------------------------------------------ state and errors */
+
+static int g_ready;              /* fp_kcuda_init succeeded */
+static cublasHandle_t g_blas;
+static int g_failed;             /* sticky: a device call failed since the last fp_kcuda_take_error */
+static char g_msg[512];
+
+static void record(const char *what, const char *detail, const char *file, int line)
+{
+    if (!g_failed) {
+        g_failed = 1;
+        snprintf(g_msg, sizeof g_msg, "CUDA: %s failed: %s (%s:%d)", what, detail, file, line);
+    }
+}
+
+#define CK(stmt)                                                                                                     \
+    do {                                                                                                             \
+        cudaError_t e_ = (stmt);                                                                                     \
+        if (e_ != cudaSuccess)                                                                                       \
+            record(#stmt, cudaGetErrorString(e_), __FILE__, __LINE__);                                               \
+    } while (0)
+
+#define CKB(stmt)                                                                                                    \
+    do {                                                                                                             \
+        cublasStatus_t s_ = (stmt);                                                                                  \
+        if (s_ != CUBLAS_STATUS_SUCCESS)                                                                             \
+            record(#stmt, cublasGetStatusString(s_), __FILE__, __LINE__);                                            \
+    } while (0)
+
+/* After a launch: the launch's own error, then the kernel's (the synchronisation). */
+#define DONE()                         \
+    do {                               \
+        CK(cudaGetLastError());        \
+        CK(cudaDeviceSynchronize());   \
+    } while (0)
+
+extern "C" int fp_kcuda_take_error(char *msg, size_t n)
+{
+    if (!g_failed)
+        return 0;
+    if (msg && n) {
+        strncpy(msg, g_msg, n - 1);
+        msg[n - 1] = '\0';
+    }
+    g_failed = 0;
+    return 1;
+}
+
+extern "C" int fp_kcuda_init(char *why, size_t n)
+{
+    if (g_ready)
+        return 1;
+    int count = 0;
+    cudaError_t e = cudaGetDeviceCount(&count);
+    if (e != cudaSuccess || count == 0) {
+        snprintf(why, n, "cudaGetDeviceCount: %s", e != cudaSuccess ? cudaGetErrorString(e) : "no CUDA device");
+        (void)cudaGetLastError(); /* clear it */
+        return 0;
+    }
+    int managed = 0;
+    if (cudaDeviceGetAttribute(&managed, cudaDevAttrManagedMemory, 0) != cudaSuccess || !managed) {
+        snprintf(why, n, "device 0 has no managed memory");
+        return 0;
+    }
+    cublasStatus_t s = cublasCreate(&g_blas);
+    if (s != CUBLAS_STATUS_SUCCESS) {
+        snprintf(why, n, "cublasCreate: %s", cublasGetStatusString(s));
+        return 0;
+    }
+    /* FP32 products stay FP32 (no TF32): parity with the CPU back-end is stated for float. */
+    if (cublasSetMathMode(g_blas, CUBLAS_DEFAULT_MATH) != CUBLAS_STATUS_SUCCESS) {
+        snprintf(why, n, "cublasSetMathMode failed");
+        cublasDestroy(g_blas);
+        return 0;
+    }
+    cudaDeviceProp p;
+    if (cudaGetDeviceProperties(&p, 0) == cudaSuccess)
+        snprintf(why, n, "%s, %.1f GiB, compute capability %d.%d", p.name, p.totalGlobalMem / 1073741824.0, p.major,
+                 p.minor);
+    else
+        snprintf(why, n, "device 0");
+    g_ready = 1;
+    return 1;
+}
+
+extern "C" void *fp_kcuda_alloc(size_t bytes)
+{
+    void *p = NULL;
+    if (!g_ready)
+        return NULL;
+    if (cudaMallocManaged(&p, bytes ? bytes : 1, cudaMemAttachGlobal) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return NULL;
+    }
+    return p;
+}
+
+/* 1 if p is CUDA memory (then freed), 0 if it is not (the caller frees it). */
+extern "C" int fp_kcuda_free(void *p)
+{
+    if (!g_ready || !p)
+        return 0;
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    if (a.type != cudaMemoryTypeManaged && a.type != cudaMemoryTypeDevice)
+        return 0;
+    CK(cudaDeviceSynchronize());
+    CK(cudaFree(p));
+    return 1;
+}
+
+/* Every non-NULL pointer is device-accessible (managed or device memory). */
+static int dev_ok(const void *p)
+{
+    if (!p)
+        return 1;
+    cudaPointerAttributes a;
+    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
+        (void)cudaGetLastError();
+        return 0;
+    }
+    return a.type == cudaMemoryTypeManaged || a.type == cudaMemoryTypeDevice;
+}
+
+static int all_ok(std::initializer_list<const void *> ps)
+{
+    if (!g_ready)
+        return 0;
+    for (const void *p : ps)
+        if (!dev_ok(p))
+            return 0;
+    return 1;
+}
+
+static unsigned blocks_for(size_t n, unsigned t)
+{
+    size_t b = (n + t - 1) / t;
+    return (unsigned)(b < 65535u * 32u ? b : 65535u * 32u); /* grid-stride loops cover the rest */
+}
+
+#define GRID_STRIDE(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+
+/* ------------------------------------------------------------------ sgemm and linear */
+
+static void sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
+                  float beta, float *C, int ldc)
+{
+    if (M <= 0 || N <= 0)
+        return;
+    /* Row-major C = op(A) op(B) is column-major C^T = op(B)^T op(A)^T; a row-major X is the
+     * column-major X^T, so the operations are passed as they are, with A and B swapped. */
+    CKB(cublasSgemm(g_blas, tb ? CUBLAS_OP_T : CUBLAS_OP_N, ta ? CUBLAS_OP_T : CUBLAS_OP_N, N, M, K, &alpha, B, ldb,
+                    A, lda, &beta, C, ldc));
+}
+
+extern "C" int fp_kcuda_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+                              const float *B, int ldb, float beta, float *C, int ldc)
+{
+    if (!all_ok({A, B, C}))
+        return 0;
+    sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
+    DONE();
+    return 1;
+}
+
+__global__ void k_bias_rows(float *out, const float *b, int N, int OC)
+{
+    GRID_STRIDE(i, (size_t)N * OC) out[i] = b[i % OC];
+}
+
+/* acc[c] += sum over rows of x[., c] (and dgx[c] += sum of x * xhat when in != NULL), one thread
+ * per column summing the rows in order: deterministic. */
+__global__ void k_colsums(float *acc, float *dgx, const float *x, const float *in, const float *mean, const float *rstd,
+                          int N, int C)
+{
+    int c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (c >= C)
+        return;
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int i = 0; i < N; i++) {
+        float v = x[(size_t)i * C + c];
+        s1 += v;
+        if (dgx)
+            s2 += v * ((in[(size_t)i * C + c] - mean[i]) * rstd[i]);
+    }
+    acc[c] += s1;
+    if (dgx)
+        dgx[c] += s2;
+}
+
+extern "C" int fp_kcuda_linear_fwd(float *out, const float *in, const float *w, const float *b, int N, int C, int OC)
+{
+    if (!all_ok({out, in, w, b}))
+        return 0;
+    if (N <= 0)
+        return 1;
+    if (b)
+        k_bias_rows<<<blocks_for((size_t)N * OC, 256), 256>>>(out, b, N, OC);
+    sgemm(0, 0, N, OC, C, 1.0f, in, C, w, OC, b ? 1.0f : 0.0f, out, OC);
+    DONE();
+    return 1;
+}
+
+extern "C" int fp_kcuda_linear_bwd(float *din, float *dw, float *db, const float *dout, const float *in,
+                                   const float *w, int N, int C, int OC, int din_accumulate)
+{
+    if (!all_ok({din, dw, db, dout, in, w}))
+        return 0;
+    if (N <= 0)
+        return 1;
+    sgemm(1, 0, C, OC, N, 1.0f, in, C, dout, OC, 1.0f, dw, OC);
+    if (din)
+        sgemm(0, 1, N, C, OC, 1.0f, dout, OC, w, OC, din_accumulate ? 1.0f : 0.0f, din, C);
+    if (db)
+        k_colsums<<<(OC + 127) / 128, 128>>>(db, NULL, dout, NULL, NULL, NULL, N, OC);
+    DONE();
+    return 1;
+}
+
+/* ------------------------------------------------------------------ layernorm */
+
+__device__ float warp_sum(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v += __shfl_xor_sync(0xffffffffu, v, o);
+    return v;
+}
+
+/* One warp per row. */
+__global__ void k_ln_fwd(float *out, float *mean, float *rstd, const float *in, const float *g, const float *b, int N,
+                         int C, float eps)
+{
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N)
+        return;
+    const float *x = in + (size_t)row * C;
+    float s = 0.0f;
+    for (int c = lane; c < C; c += 32)
+        s += x[c];
+    const float mu = warp_sum(s) / (float)C;
+    float v = 0.0f;
+    for (int c = lane; c < C; c += 32)
+        v += (x[c] - mu) * (x[c] - mu);
+    const float rs = 1.0f / sqrtf(warp_sum(v) / (float)C + eps);
+    float *y = out + (size_t)row * C;
+    for (int c = lane; c < C; c += 32)
+        y[c] = (x[c] - mu) * rs * g[c] + b[c];
+    if (lane == 0) {
+        mean[row] = mu;
+        rstd[row] = rs;
+    }
+}
+
+__global__ void k_ln_bwd(float *din, const float *dout, const float *in, const float *g, const float *mean,
+                         const float *rstd, int N, int C)
+{
+    int row = blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32, lane = threadIdx.x % 32;
+    if (row >= N)
+        return;
+    const float *x = in + (size_t)row * C, *dy = dout + (size_t)row * C;
+    const float mu = mean[row], rs = rstd[row];
+    float m1 = 0.0f, m2 = 0.0f;
+    for (int c = lane; c < C; c += 32) {
+        float t = dy[c] * g[c];
+        m1 += t;
+        m2 += t * ((x[c] - mu) * rs);
+    }
+    m1 = warp_sum(m1) / (float)C;
+    m2 = warp_sum(m2) / (float)C;
+    float *dx = din + (size_t)row * C;
+    for (int c = lane; c < C; c += 32)
+        dx[c] += (dy[c] * g[c] - m1 - ((x[c] - mu) * rs) * m2) * rs;
+}
+
+extern "C" int fp_kcuda_layernorm_fwd(float *out, float *mean, float *rstd, const float *in, const float *g,
+                                      const float *b, int N, int C, float eps)
+{
+    if (!all_ok({out, mean, rstd, in, g, b}))
+        return 0;
+    if (N <= 0)
+        return 1;
+    k_ln_fwd<<<(N + 3) / 4, 128>>>(out, mean, rstd, in, g, b, N, C, eps);
+    DONE();
+    return 1;
+}
+
+extern "C" int fp_kcuda_layernorm_bwd(float *din, float *dg, float *db, const float *dout, const float *in,
+                                      const float *g, const float *mean, const float *rstd, int N, int C)
+{
+    if (!all_ok({din, dg, db, dout, in, g, mean, rstd}))
+        return 0;
+    if (N <= 0)
+        return 1;
+    k_ln_bwd<<<(N + 3) / 4, 128>>>(din, dout, in, g, mean, rstd, N, C);
+    k_colsums<<<(C + 127) / 128, 128>>>(db, dg, dout, in, mean, rstd, N, C);
+    DONE();
+    return 1;
+}
+
+/* ------------------------------------------------------------------ elementwise */
+
+__device__ uint64_t mix64(uint64_t z)
+{
+    z = (z ^ (z >> 30)) * 0xbf58476d1ce4e5b9ULL;
+    z = (z ^ (z >> 27)) * 0x94d049bb133111ebULL;
+    return z ^ (z >> 31);
+}
+
+__global__ void k_dropout(float *mask, size_t n, uint32_t thr, float keep, uint64_t seed)
+{
+    GRID_STRIDE(i, n)
+    {
+        uint32_t bits = (uint32_t)(mix64(seed + (i + 1) * 0x9e3779b97f4a7c15ULL) >> 40);
+        mask[i] = bits >= thr ? keep : 0.0f;
+    }
+}
+
+extern "C" int fp_kcuda_dropout_mask(float *mask, size_t n, float p, uint64_t seed)
+{
+    if (!all_ok({mask}))
+        return 0;
+    if (n == 0)
+        return 1;
+    const uint32_t thr = (uint32_t)ceil((double)p * 16777216.0); /* as kernels_cpu.c */
+    k_dropout<<<blocks_for(n, 256), 256>>>(mask, n, thr, 1.0f / (1.0f - p), seed);
+    DONE();
+    return 1;
+}
+
+__global__ void k_add_mul(float *out, const float *x, const float *y, const float *mask, size_t n)
+{
+    GRID_STRIDE(i, n) out[i] = x[i] + (mask ? y[i] * mask[i] : y[i]);
+}
+
+__global__ void k_mul(float *out, const float *a, const float *mask, size_t n)
+{
+    GRID_STRIDE(i, n) out[i] = a[i] * mask[i];
+}
+
+/* kernels_cpu.c's keep_if_pos: y where x's bits, read as int32, are > 0, else +0. */
+__device__ float keep_if_pos(float y, float x) { return __float_as_int(x) > 0 ? y : 0.0f; }
+
+__global__ void k_relu_fwd(float *out, const float *in, const float *mask, size_t n)
+{
+    GRID_STRIDE(i, n) out[i] = keep_if_pos(mask ? in[i] * mask[i] : in[i], in[i]);
+}
+
+__global__ void k_relu_bwd(float *din, const float *dout, const float *in, const float *mask, size_t n)
+{
+    GRID_STRIDE(i, n) din[i] = keep_if_pos(mask ? dout[i] * mask[i] : dout[i], in[i]);
+}
+
+extern "C" int fp_kcuda_zero(float *x, size_t n)
+{
+    if (!all_ok({x}))
+        return 0;
+    if (n)
+        CK(cudaMemset(x, 0, n * sizeof *x));
+    DONE();
+    return 1;
+}
+
+extern "C" int fp_kcuda_add_mul(float *out, const float *x, const float *y, const float *mask, size_t n)
+{
+    if (!all_ok({out, x, y, mask}))
+        return 0;
+    if (n)
+        k_add_mul<<<blocks_for(n, 256), 256>>>(out, x, y, mask, n);
+    DONE();
+    return 1;
+}
+
+extern "C" int fp_kcuda_mul(float *out, const float *a, const float *mask, size_t n)
+{
+    if (!all_ok({out, a, mask}))
+        return 0;
+    if (n)
+        k_mul<<<blocks_for(n, 256), 256>>>(out, a, mask, n);
+    DONE();
+    return 1;
+}
+
+extern "C" int fp_kcuda_relu_fwd(float *out, const float *in, const float *mask, size_t n)
+{
+    if (!all_ok({out, in, mask}))
+        return 0;
+    if (n)
+        k_relu_fwd<<<blocks_for(n, 256), 256>>>(out, in, mask, n);
+    DONE();
+    return 1;
+}
+
+extern "C" int fp_kcuda_relu_bwd(float *din, const float *dout, const float *in, const float *mask, size_t n)
+{
+    if (!all_ok({din, dout, in, mask}))
+        return 0;
+    if (n)
+        k_relu_bwd<<<blocks_for(n, 256), 256>>>(din, dout, in, mask, n);
+    DONE();
+    return 1;
+}
+
+/* ------------------------------------------------------------------ embeddings, gathers */
+
+__global__ void k_embed_fwd(float *out, const int32_t *ids, const int32_t *tpos, const float *wte, const float *wpe,
+                            float scale, int N, int C)
+{
+    GRID_STRIDE(k, (size_t)N * C)
+    {
+        size_t i = k / C, c = k % C;
+        out[k] = wte[(size_t)ids[i] * C + c] * scale + wpe[(size_t)tpos[i] * C + c];
+    }
+}
+
+__global__ void k_embed_bwd(float *dwte, float *dwpe, const float *dout, const int32_t *ids, const int32_t *tpos,
+                            float scale, int N, int C)
+{
+    GRID_STRIDE(k, (size_t)N * C)
+    {
+        size_t i = k / C, c = k % C;
+        atomicAdd(&dwte[(size_t)ids[i] * C + c], scale * dout[k]);
+        if (dwpe)
+            atomicAdd(&dwpe[(size_t)tpos[i] * C + c], dout[k]);
+    }
+}
+
+extern "C" int fp_kcuda_embed_fwd(float *out, const int32_t *ids, const int32_t *tpos, const float *wte,
+                                  const float *wpe, float scale, int N, int C)
+{
+    if (!all_ok({out, ids, tpos, wte, wpe}))
+        return 0;
+    if (N > 0)
+        k_embed_fwd<<<blocks_for((size_t)N * C, 256), 256>>>(out, ids, tpos, wte, wpe, scale, N, C);
+    DONE();
+    return 1;
+}
+
+extern "C" int fp_kcuda_embed_bwd(float *dwte, float *dwpe, const float *dout, const int32_t *ids, const int32_t *tpos,
+                                  float scale, int N, int C)
+{
+    if (!all_ok({dwte, dwpe, dout, ids, tpos}))
+        return 0;
+    if (N > 0)
+        k_embed_bwd<<<blocks_for((size_t)N * C, 256), 256>>>(dwte, dwpe, dout, ids, tpos, scale, N, C);
+    DONE();
+    return 1;
+}
+
+__global__ void k_gather_rows(float *out, const float *src, const int32_t *rows, const float *fill, int n, int C)
+{
+    GRID_STRIDE(k, (size_t)n * C)
+    {
+        size_t i = k / C, c = k % C;
+        out[k] = rows[i] >= 0 ? src[(size_t)rows[i] * C + c] : (fill ? fill[c] : 0.0f);
+    }
+}
+
+__global__ void k_scatter_rows_add(float *dsrc, float *dfill, const float *dout, const int32_t *rows, int n, int C)
+{
+    GRID_STRIDE(k, (size_t)n * C)
+    {
+        size_t i = k / C, c = k % C;
+        if (rows[i] >= 0)
+            dsrc[(size_t)rows[i] * C + c] += dout[k]; /* rows are distinct */
+        else if (dfill)
+            atomicAdd(&dfill[c], dout[k]);
+    }
+}
+
+extern "C" int fp_kcuda_gather_rows(float *out, const float *src, const int32_t *rows, const float *fill, int n, int C)
+{
+    if (!all_ok({out, src, rows, fill}))
+        return 0;
+    if (n > 0)
+        k_gather_rows<<<blocks_for((size_t)n * C, 256), 256>>>(out, src, rows, fill, n, C);
+    DONE();
+    return 1;
+}
+
+extern "C" int fp_kcuda_scatter_rows_add(float *dsrc, float *dfill, const float *dout, const int32_t *rows, int n,
+                                         int C)
+{
+    if (!all_ok({dsrc, dfill, dout, rows}))
+        return 0;
+    if (n > 0)
+        k_scatter_rows_add<<<blocks_for((size_t)n * C, 256), 256>>>(dsrc, dfill, dout, rows, n, C);
+    DONE();
+    return 1;
+}
+
+/* ------------------------------------------------------------------ reductions, Adam, scaling */
+
+/* Partial sums of squares in double, one per block, then added on the host in block order. */
+__global__ void k_sumsq(double *part, float *g, const float *x, size_t n, float coef)
+{
+    __shared__ double sh[256];
+    double s = 0.0;
+    GRID_STRIDE(i, n)
+    {
+        float v = x[i];
+        s += (double)v * (double)v;
+        if (g)
+            g[i] = coef * v;
+    }
+    sh[threadIdx.x] = s;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+        if ((int)threadIdx.x < o)
+            sh[threadIdx.x] += sh[threadIdx.x + o];
+        __syncthreads();
+    }
+    if (threadIdx.x == 0)
+        part[blockIdx.x] = sh[0];
+}
+
+#define SUMSQ_BLOCKS 1024
+static double *g_part; /* SUMSQ_BLOCKS doubles of managed memory, allocated on first use */
+
+extern "C" int fp_kcuda_sumsq(double *out, float *g, const float *x, size_t n, float coef)
+{
+    if (!all_ok({g, x}))
+        return 0;
+    *out = 0.0;
+    if (n == 0)
+        return 1;
+    if (!g_part && cudaMallocManaged(&g_part, SUMSQ_BLOCKS * sizeof(double), cudaMemAttachGlobal) != cudaSuccess) {
+        g_part = NULL;
+        CK(cudaGetLastError());
+        return 1;
+    }
+    unsigned nb = blocks_for(n, 256);
+    if (nb > SUMSQ_BLOCKS)
+        nb = SUMSQ_BLOCKS;
+    k_sumsq<<<nb, 256>>>(g_part, g, x, n, coef);
+    DONE();
+    double s = 0.0;
+    for (unsigned b = 0; b < nb; b++)
+        s += g_part[b];
+    *out = s;
+    return 1;
+}
+
+__global__ void k_adam(float *p, const float *g, float *m, float *v, size_t n, float b1, float b2, float step,
+                       float bc2_sqrt, float eps)
+{
+    const float w1 = 1.0f - b1, w2 = 1.0f - b2;
+    GRID_STRIDE(i, n)
+    {
+        const float gi = g[i];
+        const float mi = m[i] + w1 * (gi - m[i]);
+        const float vi = v[i] * b2 + w2 * gi * gi;
+        m[i] = mi;
+        v[i] = vi;
+        p[i] -= step * (mi / (sqrtf(vi) / bc2_sqrt + eps));
+    }
+}
+
+extern "C" int fp_kcuda_adam(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2,
+                             float eps, double bc1, double bc2)
+{
+    if (!all_ok({p, g, m, v}))
+        return 0;
+    if (n)
+        k_adam<<<blocks_for(n, 256), 256>>>(p, g, m, v, n, b1, b2, (float)(lr / bc1), (float)sqrt(bc2), eps);
+    DONE();
+    return 1;
+}
+
+__global__ void k_scale_rows(float *x, const float *s, int n, int C)
+{
+    GRID_STRIDE(k, (size_t)n * C) x[k] *= s[k / C];
+}
+
+extern "C" int fp_kcuda_scale_rows(float *x, const float *s, int n, int C)
+{
+    if (!all_ok({x, s}))
+        return 0;
+    if (n > 0)
+        k_scale_rows<<<blocks_for((size_t)n * C, 256), 256>>>(x, s, n, C);
+    DONE();
+    return 1;
+}
+
+/* ------------------------------------------------------------------ attention */
+
+/* The user owning packed row i: off[u] <= i < off[u+1] (binary search over U+1 offsets). */
+__device__ int user_of(const int32_t *off, int U, int i)
+{
+    int lo = 0, hi = U - 1;
+    while (lo < hi) {
+        int mid = (lo + hi + 1) / 2;
+        if (off[mid] <= i)
+            lo = mid;
+        else
+            hi = mid - 1;
+    }
+    return lo;
+}
+
+__device__ float warp_max(float v)
+{
+    for (int o = 16; o > 0; o >>= 1)
+        v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, o));
+    return v;
+}
+
+/* One warp per (packed row i, head h): row li of the user's [L x L] probabilities, then out_i. */
+__global__ void k_att_fwd(float *out, float *att, float *attd, const float *mask, const float *q, const float *k,
+                          const float *v, const int32_t *off, const size_t *att_off, int U, int N, int C, int H,
+                          float scale)
+{
+    const long long w = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (w >= (long long)N * H)
+        return;
+    const int i = (int)(w / H), h = (int)(w % H), hs = C / H;
+    const int u = user_of(off, U, i), L = off[u + 1] - off[u], li = i - off[u], r0 = off[u];
+    const size_t a0 = att_off[u] + (size_t)h * L * L + (size_t)li * L;
+    float *a = att + a0;
+    const float *qi = q + (size_t)i * C + (size_t)h * hs;
+    float mx = -INFINITY;
+    for (int j = lane; j <= li; j += 32) {
+        const float *kj = k + (size_t)(r0 + j) * C + (size_t)h * hs;
+        float s = 0.0f;
+        for (int d = 0; d < hs; d++)
+            s += (qi[d] * scale) * kj[d];
+        a[j] = s;
+        mx = fmaxf(mx, s);
+    }
+    mx = warp_max(mx);
+    float sum = 0.0f;
+    for (int j = lane; j <= li; j += 32) {
+        float e = expf(a[j] - mx);
+        a[j] = e;
+        sum += e;
+    }
+    const float inv = 1.0f / warp_sum(sum);
+    for (int j = lane; j < L; j += 32)
+        a[j] = j <= li ? a[j] * inv : 0.0f;
+    __syncwarp();
+    const float *wt = a;
+    if (mask) {
+        float *ad = attd + a0;
+        const float *mk = mask + a0;
+        for (int j = lane; j < L; j += 32)
+            ad[j] = a[j] * mk[j];
+        __syncwarp();
+        wt = ad;
+    }
+    float *o = out + (size_t)i * C + (size_t)h * hs;
+    for (int d = lane; d < hs; d += 32) {
+        float s = 0.0f;
+        for (int j = 0; j <= li; j++)
+            s += wt[j] * v[(size_t)(r0 + j) * C + (size_t)h * hs + d];
+        o[d] = s;
+    }
+}
+
+/* Backward, pass 1, one warp per (row i, head h): dS row li (into datt) and dQ_i. */
+__global__ void k_att_bwd_rows(float *dq, float *datt, const float *dout, const float *att, const float *attd,
+                               const float *k, const float *v, const int32_t *off, const size_t *att_off, int U, int N,
+                               int C, int H, float scale)
+{
+    const long long w = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (w >= (long long)N * H)
+        return;
+    const int i = (int)(w / H), h = (int)(w % H), hs = C / H;
+    const int u = user_of(off, U, i), L = off[u + 1] - off[u], li = i - off[u], r0 = off[u];
+    const size_t a0 = att_off[u] + (size_t)h * L * L + (size_t)li * L;
+    const float *a = att + a0, *ad = attd + a0;
+    float *ds = datt + a0;
+    const float *go = dout + (size_t)i * C + (size_t)h * hs;
+    float dot = 0.0f;
+    for (int j = lane; j <= li; j += 32) {
+        const float *vj = v + (size_t)(r0 + j) * C + (size_t)h * hs;
+        float s = 0.0f;
+        for (int d = 0; d < hs; d++)
+            s += go[d] * vj[d];
+        ds[j] = s;
+        dot += ad[j] * s;
+    }
+    dot = warp_sum(dot);
+    for (int j = lane; j < L; j += 32) {
+        if (j > li)
+            ds[j] = 0.0f;
+        else if (ad == a)
+            ds[j] = a[j] * (ds[j] - dot);
+        else
+            ds[j] = ad[j] * ds[j] - a[j] * dot;
+    }
+    __syncwarp();
+    float *gq = dq + (size_t)i * C + (size_t)h * hs;
+    for (int d = lane; d < hs; d += 32) {
+        float s = 0.0f;
+        for (int j = 0; j <= li; j++)
+            s += ds[j] * k[(size_t)(r0 + j) * C + (size_t)h * hs + d];
+        gq[d] = s * scale;
+    }
+}
+
+/* Pass 2, one warp per (row j, head h): dK_j = scale sum_{i >= j} dS_ij Q_i, dV_j = sum_i Ad_ij dO_i. */
+__global__ void k_att_bwd_cols(float *dk, float *dv, const float *datt, const float *attd, const float *q,
+                               const float *dout, const int32_t *off, const size_t *att_off, int U, int N, int C, int H,
+                               float scale)
+{
+    const long long w = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (w >= (long long)N * H)
+        return;
+    const int jr = (int)(w / H), h = (int)(w % H), hs = C / H;
+    const int u = user_of(off, U, jr), L = off[u + 1] - off[u], lj = jr - off[u], r0 = off[u];
+    const size_t base = att_off[u] + (size_t)h * L * L;
+    for (int d = lane; d < hs; d += 32) {
+        float sk = 0.0f, sv = 0.0f;
+        for (int i = lj; i < L; i++) {
+            const size_t at = base + (size_t)i * L + lj, row = (size_t)(r0 + i) * C + (size_t)h * hs + d;
+            sk += datt[at] * q[row];
+            sv += attd[at] * dout[row];
+        }
+        dk[(size_t)jr * C + (size_t)h * hs + d] = sk * scale;
+        dv[(size_t)jr * C + (size_t)h * hs + d] = sv;
+    }
+}
+
+extern "C" int fp_kcuda_attention_fwd(float *out, float *att, float *attd, const float *mask, const float *q,
+                                      const float *k, const float *v, const int32_t *off, const size_t *att_off, int U,
+                                      int C, int H)
+{
+    if (!all_ok({out, att, attd, mask, q, k, v, off, att_off}))
+        return 0;
+    if (U <= 0)
+        return 1;
+    const int N = off[U]; /* managed: readable here; rows start at 0 (packed) */
+    const long long warps = (long long)N * H;
+    if (warps > 0)
+        k_att_fwd<<<(unsigned)((warps + 3) / 4), 128>>>(out, att, attd, mask, q, k, v, off, att_off, U, N, C, H,
+                                                        1.0f / sqrtf((float)(C / H)));
+    DONE();
+    return 1;
+}
+
+extern "C" int fp_kcuda_attention_bwd(float *dq, float *dk, float *dv, float *datt, const float *dout,
+                                      const float *att, const float *attd, const float *q, const float *k,
+                                      const float *v, const int32_t *off, const size_t *att_off, int U, int C, int H)
+{
+    if (!attd)
+        attd = att;
+    if (!all_ok({dq, dk, dv, datt, dout, att, attd, q, k, v, off, att_off}))
+        return 0;
+    if (U <= 0)
+        return 1;
+    const int N = off[U];
+    const long long warps = (long long)N * H;
+    const float scale = 1.0f / sqrtf((float)(C / H));
+    if (warps > 0) {
+        const unsigned nb = (unsigned)((warps + 3) / 4);
+        k_att_bwd_rows<<<nb, 128>>>(dq, datt, dout, att, attd, k, v, off, att_off, U, N, C, H, scale);
+        k_att_bwd_cols<<<nb, 128>>>(dk, dv, datt, attd, q, dout, off, att_off, U, N, C, H, scale);
+    }
+    DONE();
+    return 1;
+}
+
+/* ------------------------------------------------------------------ sampled losses */
+
+__device__ double softplus_d(double x) { return (x > 0.0 ? x : 0.0) + log1p(exp(-fabs(x))); }
+
+__device__ float sigmoid_f(float x)
+{
+    if (x >= 0.0f)
+        return 1.0f / (1.0f + expf(-x));
+    float e = expf(x);
+    return e / (1.0f + e);
+}
+
+/* One warp per row: the S logits, then the row's loss (double) into rowloss[i]. */
+__global__ void k_loss_fwd(double *rowloss, float *logits, const float *h, const int32_t *items, const float *emb,
+                           int n, int S, int C, int kind)
+{
+    const long long i = (long long)blockIdx.x * (blockDim.x / 32) + threadIdx.x / 32;
+    const int lane = threadIdx.x % 32;
+    if (i >= n)
+        return;
+    const float *hi = h + (size_t)i * C;
+    float *z = logits + (size_t)i * S;
+    for (int j = 0; j < S; j++) {
+        const float *e = emb + (size_t)items[(size_t)i * S + j] * C;
+        float s = 0.0f;
+        for (int c = lane; c < C; c += 32)
+            s += hi[c] * e[c];
+        s = warp_sum(s);
+        if (lane == 0)
+            z[j] = s;
+    }
+    if (lane != 0)
+        return;
+    double l;
+    if (kind == 0) { /* FP_K_LOSS_BCE */
+        l = softplus_d(-(double)z[0]);
+        for (int j = 1; j < S; j++)
+            l += softplus_d((double)z[j]);
+    } else {
+        double mx = z[0];
+        for (int j = 1; j < S; j++)
+            mx = z[j] > mx ? z[j] : mx;
+        double s = 0.0;
+        for (int j = 0; j < S; j++)
+            s += exp((double)z[j] - mx);
+        l = mx + log(s) - (double)z[0];
+    }
+    rowloss[i] = l;
+}
+
+__global__ void k_dlogits(float *logits, int n, int S, int kind, float scale)
+{
+    GRID_STRIDE(i, (size_t)n)
+    {
+        float *z = logits + i * S;
+        if (kind == 0) {
+            z[0] = -sigmoid_f(-z[0]) * scale;
+            for (int j = 1; j < S; j++)
+                z[j] = sigmoid_f(z[j]) * scale;
+        } else {
+            float mx = z[0];
+            for (int j = 1; j < S; j++)
+                mx = z[j] > mx ? z[j] : mx;
+            float s = 0.0f;
+            for (int j = 0; j < S; j++) {
+                z[j] = expf(z[j] - mx);
+                s += z[j];
+            }
+            for (int j = 0; j < S; j++)
+                z[j] = z[j] / s * scale;
+            z[0] -= scale;
+        }
+    }
+}
+
+__global__ void k_scores_dh(float *dh, const float *dz, const int32_t *items, const float *emb, int n, int S, int C)
+{
+    GRID_STRIDE(k, (size_t)n * C)
+    {
+        size_t i = k / C, c = k % C;
+        float g = 0.0f;
+        for (int j = 0; j < S; j++)
+            g += dz[i * S + j] * emb[(size_t)items[i * S + j] * C + c];
+        dh[k] = g;
+    }
+}
+
+__global__ void k_scores_demb(float *demb, const float *dz, const float *h, const int32_t *items, int n, int S, int C)
+{
+    GRID_STRIDE(k, (size_t)n * S * C)
+    {
+        size_t c = k % C, r = k / C; /* r = i * S + j */
+        atomicAdd(&demb[(size_t)items[r] * C + c], dz[r] * h[(r / S) * C + c]);
+    }
+}
+
+static double *g_rowloss; /* per-row losses of k_loss_fwd (managed), grown as needed */
+static size_t g_rowloss_n;
+
+extern "C" int fp_kcuda_sampled_loss_fwd(double *total, float *logits, const float *h, const int32_t *items,
+                                         const float *emb, int n, int S, int C, int kind)
+{
+    if (!all_ok({logits, h, items, emb}))
+        return 0;
+    *total = 0.0;
+    if (n <= 0)
+        return 1;
+    if ((size_t)n > g_rowloss_n) {
+        if (g_rowloss)
+            CK(cudaFree(g_rowloss));
+        g_rowloss = NULL;
+        g_rowloss_n = 0;
+        if (cudaMallocManaged(&g_rowloss, (size_t)n * sizeof(double), cudaMemAttachGlobal) != cudaSuccess) {
+            g_rowloss = NULL;
+            CK(cudaGetLastError());
+            return 1;
+        }
+        g_rowloss_n = (size_t)n;
+    }
+    k_loss_fwd<<<(unsigned)((n + 3) / 4), 128>>>(g_rowloss, logits, h, items, emb, n, S, C, kind);
+    DONE();
+    double s = 0.0;
+    for (int i = 0; i < n; i++) /* in row order */
+        s += g_rowloss[i];
+    *total = s;
+    return 1;
+}
+
+extern "C" int fp_kcuda_sampled_loss_dlogits(float *logits, int n, int S, int kind, float scale)
+{
+    if (!all_ok({logits}))
+        return 0;
+    if (n > 0)
+        k_dlogits<<<blocks_for((size_t)n, 128), 128>>>(logits, n, S, kind, scale);
+    DONE();
+    return 1;
+}
+
+extern "C" int fp_kcuda_sampled_scores_bwd(float *dh, float *demb, const float *dz, const float *h,
+                                           const int32_t *items, const float *emb, int n, int S, int C)
+{
+    if (!all_ok({dh, demb, dz, h, items, emb}))
+        return 0;
+    if (n > 0) {
+        k_scores_dh<<<blocks_for((size_t)n * C, 256), 256>>>(dh, dz, items, emb, n, S, C);
+        if (demb)
+            k_scores_demb<<<blocks_for((size_t)n * S * C, 256), 256>>>(demb, dz, h, items, n, S, C);
+    }
+    DONE();
+    return 1;
+}
+
+extern "C" int fp_kcuda_sampled_loss_bwd(float *dh, float *demb, float *logits, const float *h, const int32_t *items,
+                                         const float *emb, int n, int S, int C, int kind, float scale)
+{
+    if (!all_ok({dh, demb, logits, h, items, emb}))
+        return 0;
+    if (n > 0) {
+        k_dlogits<<<blocks_for((size_t)n, 128), 128>>>(logits, n, S, kind, scale);
+        k_scores_dh<<<blocks_for((size_t)n * C, 256), 256>>>(dh, logits, items, emb, n, S, C);
+        if (demb)
+            k_scores_demb<<<blocks_for((size_t)n * S * C, 256), 256>>>(demb, logits, h, items, n, S, C);
+    }
+    DONE();
+    return 1;
+}

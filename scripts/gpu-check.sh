@@ -1,0 +1,103 @@
+#!/usr/bin/env bash
+# gpu-check.sh OUTDIR: the one script to run where an NVIDIA GPU is (issue: GPU local training).
+#
+#   1. builds fedprof with the CUDA back-end (build-gpu/, Release, FEDPROF_CUDA=ON);
+#   2. runs tests/test_cuda (every GPU kernel and whole training steps against the CPU back-end,
+#      with the tolerances stated in the test) and test_model / test_dpsgd / test_kernels on the
+#      CPU as a control;
+#   3. times training throughput on the GPU, fedprof (`fedprof-client train --device cuda`) against
+#      PyTorch on CUDA (bench/torch_sasrec.py --device cuda, the same model), on two synthetic
+#      configurations: G = the Amazon Games shape (dim 50, 2 blocks, 1 head, maxlen 50, batch 128,
+#      23,715 items) and L = dim 256, 4 blocks, maxlen 200, batch 256, 1,000,000 items; one epoch
+#      over a reduced user count each, so the whole script stays under 5 minutes on an H100.
+#
+# Everything it prints goes to OUTDIR/gpu-check.log as well, with nvidia-smi, the test outputs and
+# one JSON line per timed run (OUTDIR/runs.jsonl). Exit status: non-zero if the build or a test
+# fails; a missing PyTorch only skips the peer runs (said in the log).
+# Environment: SKIP_BUILD=1 reuses build-gpu/ as it is; G_USERS / L_USERS change the user counts.
+set -euo pipefail
+OUT=${1:?usage: scripts/gpu-check.sh OUTDIR}
+mkdir -p "$OUT"
+OUT=$(cd "$OUT" && pwd)
+cd "$(dirname "$0")/.."
+ROOT=$(pwd)
+exec > >(tee "$OUT/gpu-check.log") 2>&1
+echo "gpu-check: $(date -u +%FT%TZ) on $(hostname), tree $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
+nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 && head -15 "$OUT/nvidia-smi.txt" || echo "gpu-check: nvidia-smi failed (see nvidia-smi.txt)"
+
+B=build-gpu
+if [ "${SKIP_BUILD:-0}" != 1 ]; then
+  missing=""
+  for p in openblas libfyaml json-c cmocka grpc libprotobuf-c; do
+    pkg-config --exists "$p" || missing="$missing $p"
+  done
+  if [ -n "$missing" ]; then
+    echo "gpu-check: missing development packages:$missing; installing (scripts/deps.sh)"
+    . scripts/deps.sh
+    fedprof_deps
+  fi
+  t0=$(date +%s)
+  cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DFEDPROF_CUDA=ON -DFEDPROF_WERROR=ON >"$OUT/cmake.txt" 2>&1 ||
+    { tail -30 "$OUT/cmake.txt"; exit 1; }
+  cmake --build "$B" -j "$(nproc)" --target test_cuda test_model test_dpsgd test_kernels fedprof-client \
+    >"$OUT/build.txt" 2>&1 || { grep -E "error|Error" -A3 "$OUT/build.txt" | head -40; exit 1; }
+  echo "gpu-check: built in $(( $(date +%s) - t0 )) s"
+fi
+
+export OMP_WAIT_POLICY=passive OPENBLAS_NUM_THREADS=1
+status=0
+for t in test_cuda test_model test_dpsgd test_kernels; do
+  if FP_TEST_VERBOSE=1 "$B/$t" >"$OUT/$t.txt" 2>&1; then
+    echo "gpu-check: $t passed ($(grep -c SKIPPED "$OUT/$t.txt" || true) skip lines)"
+  else
+    echo "gpu-check: $t FAILED:"; grep -E "FAILED|ERROR|error|gpu .* cpu" "$OUT/$t.txt" | head -30; status=1
+  fi
+done
+grep -E "device auto|worst" "$OUT/test_cuda.txt" | head -40 || true
+
+PY=${PYTHON:-python3}
+have_torch=0
+if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+  have_torch=1
+  "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
+else
+  echo "gpu-check: no PyTorch with CUDA in $PY: peer runs skipped"
+fi
+
+FP="$B/fedprof-client"
+DATA="$OUT/data"
+mkdir -p "$DATA"
+runs="$OUT/runs.jsonl"
+: >"$runs"
+# name users items mean_len dim blocks heads maxlen batch dropout
+configs=("G ${G_USERS:-31013} 23715 9.3 50 2 1 50 128 0.5" "L ${L_USERS:-8192} 1000000 100 256 4 1 200 256 0.2")
+for c in "${configs[@]}"; do
+  read -r name users items meanlen dim blocks heads maxlen batch dropout <<<"$c"
+  f="$DATA/$name.txt"
+  "$FP" synth --out "$f" --users "$users" --items "$items" --mean-len "$meanlen" --seed 7 >/dev/null
+  for dev in cuda; do
+    line=$("$FP" train --data "$f" --out "$DATA/$name-$dev" --device "$dev" --epochs 1 --eval-every 0 \
+      --eval-users 1000 --no-full --dim "$dim" --blocks "$blocks" --heads "$heads" --maxlen "$maxlen" \
+      --batch "$batch" --dropout "$dropout" --threads "$(nproc)" --json --quiet | tail -1) || { echo "gpu-check: fedprof $name $dev failed"; status=1; continue; }
+    echo "{\"config\":\"$name\",\"impl\":\"fedprof\",\"device\":\"$dev\",\"result\":$line}" | tee -a "$runs"
+  done
+  if [ "$have_torch" = 1 ]; then
+    line=$("$PY" bench/torch_sasrec.py --data "$f" --device cuda --epochs 1 --dim "$dim" --blocks "$blocks" \
+      --heads "$heads" --maxlen "$maxlen" --batch "$batch" --dropout "$dropout" --threads "$(nproc)" | tail -1) ||
+      { echo "gpu-check: torch $name failed"; status=1; continue; }
+    echo "{\"config\":\"$name\",\"impl\":\"torch\",\"device\":\"cuda\",\"result\":$line}" | tee -a "$runs"
+  fi
+done
+"$PY" - "$runs" <<'EOF' || true
+import json, sys
+rows = [json.loads(l) for l in open(sys.argv[1]) if l.strip()]
+by = {}
+for r in rows:
+    by.setdefault(r["config"], {})[r["impl"]] = r["result"].get("seqs_per_s")
+for cfg, v in by.items():
+    fp, th = v.get("fedprof"), v.get("torch")
+    ratio = f"{fp / th:.2f}x" if fp and th else "n/a"
+    print(f"config {cfg}: fedprof cuda {fp} seq/s, torch cuda {th} seq/s, fedprof/torch {ratio}")
+EOF
+echo "gpu-check: done (status $status); results in $OUT"
+exit $status
