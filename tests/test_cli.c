@@ -12,6 +12,8 @@
 #include <sys/wait.h>
 #include <unistd.h>
 
+#include "common/kernels.h"
+
 static char tmpdir[256];
 static const char *bin;
 static char out_buf[1 << 16], err_buf[1 << 16];
@@ -96,6 +98,31 @@ static void test_train_json(void **state)
     }
     /* Quiet: nothing on stderr. */
     assert_string_equal(err_buf, "");
+}
+
+/* --device: a bad name is a usage error; auto says in one line where it trains (the CPU here
+ * when no GPU is usable); cuda without a usable GPU fails with the reason, before reading data. */
+static void test_train_device(void **state)
+{
+    (void)state;
+    assert_int_equal(run("train --data data.txt --out x --device gpu"), 2);
+    assert_non_null(strstr(err_buf, "not auto, cpu or cuda"));
+    assert_int_equal(run("train --data data.txt --out md --epochs 1 --dim 16 --blocks 1 --maxlen 16 --threads 1 "
+                         "--eval-users 50 --device auto"),
+                     0);
+    assert_non_null(strstr(err_buf, "device: "));
+    assert_int_equal(run("train --data data.txt --out md --epochs 1 --dim 16 --blocks 1 --maxlen 16 --threads 1 "
+                         "--eval-users 50 --device cpu --quiet"),
+                     0);
+    fp_k_device got;
+    if (fp_k_device_select(FP_K_DEVICE_AUTO, &got, NULL, 0) == FP_OK && got == FP_K_DEVICE_CPU) {
+        assert_int_equal(run("train --data data.txt --out md --epochs 1 --device cuda"), 1);
+        assert_non_null(strstr(err_buf, "device cuda: "));
+        assert_null(strstr(err_buf, "read data.txt")); /* refused before any work */
+        assert_int_equal(run("join --server 127.0.0.1:1 --data data.txt --insecure --name a --device cuda"), 1);
+        assert_non_null(strstr(err_buf, "device cuda: "));
+    }
+    fp_k_device_select(FP_K_DEVICE_CPU, NULL, NULL, 0);
 }
 
 /* DP-SGD from the flags and from configs/dp-record.yaml: the JSON line carries the privacy
@@ -245,6 +272,7 @@ int main(void)
 {
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_train_json),
+        cmocka_unit_test(test_train_device),
         cmocka_unit_test(test_train_dp_json),
         cmocka_unit_test(test_train_progress_without_tty_is_one_line_per_epoch),
         cmocka_unit_test(test_eval_json),
