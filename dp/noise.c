@@ -1,12 +1,14 @@
-/* noise: exact discrete Gaussian (CKS 2020), continuous Gaussian, and the grid noise the client
- * adds to a clipped update (see noise.h for the model and the supported ranges).
+/* noise: exact discrete Gaussian (CKS 2020), its table sampler for large σ, continuous Gaussian,
+ * and the grid noise the client adds to a clipped update (see noise.h for the model, the
+ * supported ranges and the table sampler's stated departures from exactness).
  *
  * Why integer arithmetic: a sampler that computes exp() or log() in floating point outputs values
  * whose low bits depend on the secret (Mironov 2012). Every decision below is a comparison of a
  * uniform integer with a rational's numerator, so the output distribution is exactly the stated
  * one. The only floating point is in fp_dp_dgauss_init (choosing the rational, rounded up and
- * corrected with integers) and in the final conversion grid·k to float, a deterministic
- * post-processing of the integer result. */
+ * corrected with integers), in building the table sampler's bin probabilities (113-bit, once per
+ * σ, rounded to 128-bit integer thresholds: the stated TV bound) and in the final conversion
+ * grid·k to float, a deterministic post-processing of the integer result. */
 #include "dp/noise.h"
 
 #include <math.h>
@@ -14,6 +16,7 @@
 #include <string.h>
 
 #include <openssl/crypto.h>
+#include <quadmath.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -31,17 +34,68 @@ typedef unsigned __int128 u128;
             return st_;                    \
     } while (0)
 
-/* A generator with a small cache of single bits (the sign of a sample costs 1 bit, not 32). */
+/* The sampler's view of the generator: 512 keystream bytes fetched at once and consumed inline
+ * (one fp_csprng_u64 call per word cost more than the ChaCha20 keystream itself), plus a cache of
+ * single bits (the sign of a CKS sample costs 1 bit, not 64). Each word is zeroed as it is read
+ * and src_done erases the rest, so no used randomness stays behind. */
+#define SRC_BYTES 512
 typedef struct {
     fp_csprng_t *r;
-    uint64_t bits;
+    unsigned pos; /* next unread byte of buf; SRC_BYTES: empty */
     unsigned nbits;
+    uint64_t bits;
+    uint8_t buf[SRC_BYTES];
 } src_t;
+
+static void src_init(src_t *s, fp_csprng_t *r)
+{
+    s->r = r;
+    s->pos = SRC_BYTES;
+    s->nbits = 0;
+    s->bits = 0;
+}
+
+static void src_done(src_t *s) { OPENSSL_cleanse(s, sizeof *s); }
+
+static inline fp_status src_u64(src_t *s, uint64_t *x)
+{
+    if (s->pos == SRC_BYTES) {
+        TRY(fp_csprng_bytes(s->r, s->buf, SRC_BYTES));
+        s->pos = 0;
+    }
+    const uint8_t *p = s->buf + s->pos;
+    uint64_t v = 0;
+    for (int i = 7; i >= 0; i--) /* little-endian, as fp_csprng_u64: the same on every host */
+        v = v << 8 | p[i];
+    memset(s->buf + s->pos, 0, 8);
+    s->pos += 8;
+    *x = v;
+    return FP_OK;
+}
+
+/* Uniform on [0, n), n ≥ 1 (Lemire's multiply-and-reject: exact). */
+static inline fp_status src_below(src_t *s, uint64_t n, uint64_t *out)
+{
+    uint64_t x;
+    TRY(src_u64(s, &x));
+    u128 m = (u128)x * n;
+    uint64_t l = (uint64_t)m;
+    if (l < n) {
+        uint64_t t = (0 - n) % n; /* 2^64 mod n: the biased low region */
+        while (l < t) {
+            TRY(src_u64(s, &x));
+            m = (u128)x * n;
+            l = (uint64_t)m;
+        }
+    }
+    *out = (uint64_t)(m >> 64);
+    return FP_OK;
+}
 
 static inline fp_status src_bit(src_t *s, int *b)
 {
     if (s->nbits == 0) {
-        TRY(fp_csprng_u64(s->r, &s->bits));
+        TRY(src_u64(s, &s->bits));
         s->nbits = 64;
     }
     *b = (int)(s->bits & 1);
@@ -60,7 +114,7 @@ static inline fp_status bern_inv(src_t *s, uint64_t k, int *b)
     if (k == 2)
         return src_bit(s, b);
     uint64_t u;
-    TRY(fp_csprng_below(s->r, k, &u));
+    TRY(src_below(s, k, &u));
     *b = u == 0;
     return FP_OK;
 }
@@ -74,15 +128,16 @@ static inline fp_status bern_frac_k(src_t *s, uint64_t num, uint64_t den, uint64
         *b = 0;
         return FP_OK;
     }
-    if (den <= UINT64_MAX / k) {
-        TRY(fp_csprng_below(s->r, den * k, &u));
+    uint64_t dk;
+    if (!__builtin_mul_overflow(den, k, &dk)) {
+        TRY(src_below(s, dk, &u));
         *b = u < num;
         return FP_OK;
     }
     TRY(bern_inv(s, k, b));
     if (!*b)
         return FP_OK;
-    TRY(fp_csprng_below(s->r, den, &u));
+    TRY(src_below(s, den, &u));
     *b = u < num;
     return FP_OK;
 }
@@ -146,8 +201,11 @@ fp_status fp_dp_bernoulli_exp(fp_csprng_t *r, uint64_t num, uint64_t den, int *o
 {
     if (!r || !out || den == 0)
         return FP_FAIL(FP_ERR_INVALID, "bernoulli_exp: NULL argument or den = 0");
-    src_t s = {r, 0, 0};
-    return bern_exp_wide(&s, num, den, out);
+    src_t s;
+    src_init(&s, r);
+    fp_status st = bern_exp_wide(&s, num, den, out);
+    src_done(&s);
+    return st;
 }
 
 /* ---- parameters ---- */
@@ -176,6 +234,65 @@ static uint64_t isqrt64(uint64_t x)
 #define NUM_MAX ((uint64_t)1 << 60)       /* σ ≥ 1: num ≤ 2^60, so σ ≤ 2^30 */
 #define SMALL_DEN_MAX ((uint64_t)1 << 31) /* σ < 1: den ≤ 2^31, so 2·num·den < 2^63 */
 #define TRUNC_FACTOR 1024u                /* T = 1024·(⌊σ⌋ + 1) */
+
+/* The table sampler's bins (see noise.h), for σ² = num/den ≥ FP_DP_DGAUSS_TABLE_MIN². Bin b
+ * (b < FP_DP_DGAUSS_BINS) holds |z| in [bW, (b+1)W) and is proposed with probability
+ * ∝ exp(−(bW)²/(2σ²)), computed in 113-bit floating point (every input is exact there: bW is an
+ * integer below 2^36 and num/den has a power-of-two den). The alias table (Vose) is built in the
+ * same precision and its thresholds rounded to 128-bit integers. */
+static void table_build(fp_dp_dgauss_t *p)
+{
+    fp_dp_dgauss_table_t *t = &p->table;
+    const __float128 s2 = (__float128)p->num / (__float128)p->den, sigma = sqrtq(s2);
+    /* W: the smallest power of two with FP_DP_DGAUSS_BINS·W ≥ 32σ (so W < σ/32, ≥ σ/64) */
+    unsigned lw = 0;
+    while ((__float128)FP_DP_DGAUSS_BINS * (__float128)((uint64_t)1 << lw) < 32 * sigma)
+        lw++;
+    t->log2w = lw;
+    enum { NB = FP_DP_DGAUSS_BINS };
+    static _Thread_local __float128 q[NB];
+    static _Thread_local uint16_t small[NB], large[NB];
+    __float128 sum = 0;
+    for (int b = 0; b < NB; b++) {
+        __float128 z = (__float128)((uint64_t)b << lw);
+        q[b] = expq(-(z * z) / (2 * s2));
+        sum += q[b];
+    }
+    int ns = 0, nl = 0;
+    for (int b = 0; b < NB; b++) {
+        q[b] = q[b] * NB / sum;
+        if (q[b] < 1)
+            small[ns++] = (uint16_t)b;
+        else
+            large[nl++] = (uint16_t)b;
+    }
+    /* Vose: each small column is topped up from a large one */
+    while (ns > 0 && nl > 0) {
+        uint16_t a = small[--ns], g = large[nl - 1];
+        t->alias[a] = g;
+        __float128 v = q[a] * 0x1p64Q;
+        uint64_t hi = v >= 0x1p64Q ? UINT64_MAX : (uint64_t)v;
+        t->thr_hi[a] = hi;
+        t->thr_lo[a] = (uint64_t)((v - (__float128)hi) * 0x1p64Q);
+        q[g] = (q[g] + q[a]) - 1;
+        if (q[g] < 1) {
+            nl--;
+            small[ns++] = g;
+        }
+    }
+    /* what remains is 1 up to rounding: always keep the column */
+    while (nl > 0) {
+        uint16_t g = large[--nl];
+        t->alias[g] = g;
+        t->thr_hi[g] = UINT64_MAX, t->thr_lo[g] = UINT64_MAX;
+    }
+    while (ns > 0) {
+        uint16_t a = small[--ns];
+        t->alias[a] = a;
+        t->thr_hi[a] = UINT64_MAX, t->thr_lo[a] = UINT64_MAX;
+    }
+    p->table_on = 1;
+}
 
 fp_status fp_dp_dgauss_init_rational(fp_dp_dgauss_t *g, uint64_t num, uint64_t den)
 {
@@ -219,6 +336,8 @@ fp_status fp_dp_dgauss_init_rational(fp_dp_dgauss_t *g, uint64_t num, uint64_t d
     p.vmax = vm > UINT64_MAX / 2 ? UINT64_MAX / 2 : (uint64_t)vm;
     p.vfit = (UINT64_MAX - p.lap_t) / p.lap_t;
     *g = p;
+    if (num >= den && num / den >= (uint64_t)(FP_DP_DGAUSS_TABLE_MIN * FP_DP_DGAUSS_TABLE_MIN))
+        table_build(g);
     return FP_OK;
 }
 
@@ -283,14 +402,53 @@ double fp_dp_dgauss_sigma2(const fp_dp_dgauss_t *g)
 
 /* ---- sampling (CKS Algorithms 2 and 3) ---- */
 
+/* The table sampler (noise.h): one word gives the column (top 11 bits), the sign (bit 52) and
+ * the offset (the low log2w ≤ 25 bits); a second decides the column against its 128-bit threshold
+ * (a third only on a tie of the high words); then the exact in-bin acceptance. */
+static fp_status dgauss_table(const fp_dp_dgauss_t *p, src_t *s, int64_t *z)
+{
+    const fp_dp_dgauss_table_t *t = &p->table;
+    const unsigned lw = t->log2w;
+    for (;;) {
+        uint64_t x, h;
+        TRY(src_u64(s, &x));
+        TRY(src_u64(s, &h));
+        unsigned c = (unsigned)(x >> 53); /* 11 bits: FP_DP_DGAUSS_BINS = 2048 */
+        int keep;
+        if (h != t->thr_hi[c]) {
+            keep = h < t->thr_hi[c];
+        } else {
+            uint64_t l;
+            TRY(src_u64(s, &l));
+            keep = l < t->thr_lo[c];
+        }
+        const uint64_t b = keep ? c : t->alias[c];
+        const int neg = (int)((x >> 52) & 1);
+        const uint64_t off = x & (((uint64_t)1 << lw) - 1), lo = b << lw, y = lo + off;
+        if (neg && y == 0)
+            continue;
+        /* accept with exp(−(y² − lo²)/(2σ²)) = exp(−off·(2lo + off)·den / (2·num)) */
+        const u128 N = (u128)off * (2 * lo + off) * p->den;
+        int acc = 1;
+        if (N)
+            TRY(bern_exp_wide(s, N, p->acc_den, &acc));
+        if (!acc)
+            continue;
+        *z = neg ? -(int64_t)y : (int64_t)y;
+        return FP_OK;
+    }
+}
+
 static fp_status dgauss_one(const fp_dp_dgauss_t *p, src_t *s, int64_t *z)
 {
+    if (p->table_on)
+        return dgauss_table(p, s, z);
     for (;;) {
         /* Discrete Laplace proposal of scale t/sc (CKS Algorithm 2). */
         const uint64_t t = p->lap_t, sc = p->lap_s;
         uint64_t u = 0;
         if (t > 1) {
-            TRY(fp_csprng_below(s->r, t, &u));
+            TRY(src_below(s, t, &u));
             int d;
             TRY(bern_exp_le1(s, u, t, &d));
             if (!d)
@@ -358,10 +516,13 @@ fp_status fp_dp_dgauss_sample_n(const fp_dp_dgauss_t *g, fp_csprng_t *r, int64_t
     TRY(check_params(g));
     if (!r || (!z && n))
         return FP_FAIL(FP_ERR_INVALID, "dgauss: NULL generator or output");
-    src_t s = {r, 0, 0};
-    for (size_t i = 0; i < n; i++)
-        TRY(dgauss_one(g, &s, &z[i]));
-    return FP_OK;
+    src_t s;
+    src_init(&s, r);
+    fp_status st = FP_OK;
+    for (size_t i = 0; i < n && st == FP_OK; i++)
+        st = dgauss_one(g, &s, &z[i]);
+    src_done(&s);
+    return st;
 }
 
 fp_status fp_dp_dgauss_sample(const fp_dp_dgauss_t *g, fp_csprng_t *r, int64_t *z)
@@ -417,14 +578,18 @@ double fp_dp_grid_sensitivity(double l2_bound, size_t n, double grid)
  * sum is exact in int64 and in double. */
 static fp_status noise_chunk(float *x, size_t n, double grid, const fp_dp_dgauss_t *p, fp_csprng_t *r)
 {
-    src_t s = {r, 0, 0};
-    for (size_t i = 0; i < n; i++) {
+    src_t s;
+    src_init(&s, r);
+    fp_status st = FP_OK;
+    for (size_t i = 0; i < n && st == FP_OK; i++) {
         int64_t z;
-        TRY(dgauss_one(p, &s, &z));
-        int64_t k = (int64_t)round((double)x[i] / grid);
-        x[i] = (float)(grid * (double)(k + z));
+        if ((st = dgauss_one(p, &s, &z)) == FP_OK) {
+            int64_t k = (int64_t)round((double)x[i] / grid);
+            x[i] = (float)(grid * (double)(k + z));
+        }
     }
-    return FP_OK;
+    src_done(&s);
+    return st;
 }
 
 #define WAVE 64 /* chunks forked at a time: bounds the generators alive at once */

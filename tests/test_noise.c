@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <quadmath.h>
 
 #ifdef _OPENMP
 #include <omp.h>
@@ -382,6 +383,130 @@ static void test_dgauss_large_sigma(void **state)
     }
 }
 
+/* The table sampler's departure from the exact distribution (noise.h): the bin probabilities its
+ * alias table implies, reconstructed from the integer thresholds, against exp(−(bW)²/(2σ²))
+ * normalised, both in 113-bit floating point. Their total-variation distance must stay below
+ * 2^−96, the bound noise.h states; a Vose bug (a lost or doubled top-up) moves it by 1/2048. */
+static void test_dgauss_table_accuracy(void **state)
+{
+    (void)state;
+    const double sigmas[] = {4096.0, 5000.5, 1048576.37, 2097152.0, 1073741000.0};
+    enum { NB = FP_DP_DGAUSS_BINS };
+    static __float128 got[NB], want[NB];
+    for (size_t t = 0; t < sizeof sigmas / sizeof sigmas[0]; t++) {
+        static fp_dp_dgauss_t p; /* 37 KB: not on the stack */
+        assert_int_equal(fp_dp_dgauss_init(&p, sigmas[t]), FP_OK);
+        assert_int_equal(p.table_on, 1);
+        const fp_dp_dgauss_table_t *tb = &p.table;
+        const __float128 s2 = (__float128)p.num / (__float128)p.den, W = (__float128)((uint64_t)1 << tb->log2w);
+        assert_true(NB * W >= 32 * sqrtq(s2) && W <= sqrtq(s2) / 32); /* covers 32σ, bins ≤ σ/32 wide */
+        __float128 sum = 0;
+        for (int b = 0; b < NB; b++) {
+            want[b] = expq(-(b * W) * (b * W) / (2 * s2));
+            sum += want[b];
+            got[b] = 0;
+        }
+        for (int c = 0; c < NB; c++) {
+            assert_true(tb->alias[c] < NB);
+            __float128 keep = (__float128)tb->thr_hi[c] * 0x1p-64Q + (__float128)tb->thr_lo[c] * 0x1p-128Q;
+            got[c] += keep / NB;
+            got[tb->alias[c]] += (1 - keep) / NB;
+        }
+        __float128 tv = 0, tot = 0;
+        for (int b = 0; b < NB; b++) {
+            tv += fabsq(got[b] - want[b] / sum);
+            tot += got[b];
+        }
+        tv /= 2;
+        print_message("  sigma %.10g: W = 2^%u, table total-variation distance %.3g (bound 2^-96 = %.3g)\n",
+                      sigmas[t], tb->log2w, (double)tv, 0x1p-96);
+        assert_true(fabsq(tot - 1) < 0x1p-100Q);
+        assert_true(tv <= 0x1p-96Q);
+    }
+    /* below the threshold: no table (CKS) */
+    static fp_dp_dgauss_t q;
+    assert_int_equal(fp_dp_dgauss_init(&q, 4095.0), FP_OK);
+    assert_int_equal(q.table_on, 0);
+}
+
+/* The table sampler's output against the exact pmf where a fault in it would show: the offsets
+ * within a bin (z mod W, chi-square over the W residues: a wrong offset range or acceptance shows
+ * as a slope), the bins (chi-square over |z| / W), the sign, and the moments, tails and KS of
+ * check_dgauss_samples; and CKS (table_on = 0) at the same σ passes the same checks. */
+static void test_dgauss_table_vs_exact(void **state)
+{
+    (void)state;
+    static fp_dp_dgauss_t p;
+    assert_int_equal(fp_dp_dgauss_init(&p, 5000.5), FP_OK);
+    assert_int_equal(p.table_on, 1);
+    const double s2 = fp_dp_dgauss_sigma2(&p);
+    const int W = 1 << p.table.log2w; /* 128 */
+    const size_t N = 2000000;
+    int64_t *z = malloc(N * sizeof *z);
+    assert_non_null(z);
+    fp_csprng_t *g = seeded(30);
+    assert_int_equal(fp_dp_dgauss_sample_n(&p, g, z, N), FP_OK);
+    /* exact probabilities of |z| classes from the pmf (|z| ≤ 12σ carries all but e^-72) */
+    const int64_t L = (int64_t)(12 * sqrt(s2));
+    double norm = 0;
+    for (int64_t k = -L; k <= L; k++)
+        norm += exp(-(double)k * (double)k / (2 * s2));
+    double *pres = calloc((size_t)W, sizeof *pres), *pbin = calloc((size_t)(L / W + 2), sizeof *pbin);
+    long *cres = calloc((size_t)W, sizeof *cres), *cbin = calloc((size_t)(L / W + 2), sizeof *cbin);
+    assert_true(pres && pbin && cres && cbin);
+    for (int64_t k = -L; k <= L; k++) {
+        double pk = exp(-(double)k * (double)k / (2 * s2)) / norm;
+        int64_t a = k < 0 ? -k : k;
+        pres[a % W] += pk;
+        pbin[a / W] += pk;
+    }
+    long neg = 0;
+    for (size_t i = 0; i < N; i++) {
+        int64_t a = z[i] < 0 ? -z[i] : z[i];
+        neg += z[i] < 0;
+        assert_true(a <= L);
+        cres[a % W]++;
+        cbin[a / W]++;
+    }
+    /* chi-square against its degrees of freedom: mean df, sd sqrt(2 df); refuse beyond 6 sd */
+    double x2 = 0;
+    for (int r = 0; r < W; r++)
+        x2 += (cres[r] - N * pres[r]) * (cres[r] - N * pres[r]) / (N * pres[r]);
+    print_message("  residues mod %d: chi2 %.1f, df %d\n", W, x2, W - 1);
+    assert_true(x2 < (W - 1) + 6 * sqrt(2.0 * (W - 1)));
+    /* The in-bin acceptance tilts each bin's density towards its low end (by ~2% across a bin
+     * here): the residues' mean sits about 0.2 below (W-1)/2. Skipping the acceptance would put
+     * it 8 standard errors off. */
+    double m_want = 0, m_got = 0, v_want = 0;
+    for (int r = 0; r < W; r++)
+        m_want += r * pres[r];
+    for (int r = 0; r < W; r++) {
+        v_want += (r - m_want) * (r - m_want) * pres[r];
+        m_got += (double)r * cres[r];
+    }
+    m_got /= N;
+    print_message("  residue mean %.4f vs %.4f (uniform %.1f, se %.4f)\n", m_got, m_want, (W - 1) / 2.0,
+                  sqrt(v_want / N));
+    assert_true(fabs(m_got - m_want) <= 5 * sqrt(v_want / N));
+    double xb = 0;
+    int df = -1;
+    for (int64_t b = 0; b <= L / W; b++)
+        if (N * pbin[b] >= 20) {
+            xb += (cbin[b] - N * pbin[b]) * (cbin[b] - N * pbin[b]) / (N * pbin[b]);
+            df++;
+        }
+    print_message("  bins of %d: chi2 %.1f, df %d\n", W, xb, df);
+    assert_true(xb < df + 6 * sqrt(2.0 * df));
+    assert_true(fabs((double)neg / N - 0.5) < 6 * 0.5 / sqrt((double)N));
+    check_dgauss_samples(z, N, s2);
+    /* CKS at the same σ */
+    p.table_on = 0;
+    assert_int_equal(fp_dp_dgauss_sample_n(&p, g, z, N / 4), FP_OK);
+    check_dgauss_samples(z, N / 4, s2);
+    free(pres), free(pbin), free(cres), free(cbin), free(z);
+    fp_csprng_destroy(g);
+}
+
 static void test_dgauss_determinism(void **state)
 {
     (void)state;
@@ -594,6 +719,8 @@ int main(void)
         cmocka_unit_test(test_dgauss_small_sigma_exact),
         cmocka_unit_test(test_dgauss_sigma_below_one),
         cmocka_unit_test(test_dgauss_large_sigma),
+        cmocka_unit_test(test_dgauss_table_accuracy),
+        cmocka_unit_test(test_dgauss_table_vs_exact),
         cmocka_unit_test(test_dgauss_determinism),
         cmocka_unit_test(test_dgauss_conversion),
         cmocka_unit_test(test_dgauss_bad_args),
