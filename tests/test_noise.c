@@ -423,6 +423,13 @@ static void test_dgauss_table_accuracy(void **state)
         assert_true(fabsq(tot - 1) < 0x1p-100Q);
         assert_true(tv <= 0x1p-96Q);
     }
+    /* the thread's cached table is reused only for the same σ² */
+    static fp_dp_dgauss_t a, b, c;
+    assert_int_equal(fp_dp_dgauss_init(&a, 5000.5), FP_OK);
+    assert_int_equal(fp_dp_dgauss_init(&b, 6000.0), FP_OK);
+    assert_int_equal(fp_dp_dgauss_init(&c, 5000.5), FP_OK);
+    assert_memory_equal(&a.table, &c.table, sizeof a.table);
+    assert_true(memcmp(&a.table, &b.table, sizeof a.table) != 0);
     /* below the threshold: no table (CKS) */
     static fp_dp_dgauss_t q;
     assert_int_equal(fp_dp_dgauss_init(&q, 4095.0), FP_OK);
