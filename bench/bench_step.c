@@ -53,6 +53,7 @@ int main(int argc, char **argv)
     int dim = 50, blocks = 2, heads = 1, maxlen = 200, batch = 128, items = 3416, threads = 2, steps = 50, help = 0;
     int dp_steps = 10, noise_n = 0, reps = 5;
     float mean_len = 50;
+    const char *device = "cpu";
     fp_opt_t opts[] = {
         {"dim", FP_OPT_INT, &dim, 1, 4096, NULL, "hidden size"},
         {"blocks", FP_OPT_INT, &blocks, 1, 64, NULL, "blocks"},
@@ -66,6 +67,7 @@ int main(int argc, char **argv)
         {"dp-steps", FP_OPT_INT, &dp_steps, 0, 100000, NULL, "timed DP-SGD steps (0: skip the DP section)"},
         {"noise", FP_OPT_INT, &noise_n, 0, 1 << 30, NULL, "only time fp_dp_add_noise on this many coordinates"},
         {"reps", FP_OPT_INT, &reps, 1, 1000, NULL, "repetitions of --noise (the best is reported)"},
+        {"device", FP_OPT_STR, &device, 0, 0, NULL, "cpu | cuda | auto: where the model runs (default cpu)"},
         {"help", FP_OPT_FLAG, &help, 0, 0, NULL, "this help"},
         {NULL, 0, NULL, 0, 0, NULL, NULL},
     };
@@ -77,6 +79,13 @@ int main(int argc, char **argv)
         fp_cli_print_help(opts);
         return 0;
     }
+    fp_k_device want, got;
+    char dinfo[320];
+    if (fp_k_device_parse(device, &want) != FP_OK || fp_k_device_select(want, &got, dinfo, sizeof dinfo) != FP_OK) {
+        fprintf(stderr, "fedprof-bench-step: %s\n", fp_error_message());
+        return 2;
+    }
+    printf("device: %s\n", dinfo);
     if (noise_n > 0) {
         fp_dpsgd_plan_t plan;
         float *x = fp_buffer_alloc((size_t)noise_n);

@@ -5,7 +5,8 @@
 #   2. runs tests/test_cuda (every GPU kernel and whole training steps against the CPU back-end,
 #      with the tolerances stated in the test) and test_model / test_dpsgd / test_kernels on the
 #      CPU as a control;
-#   3. times training throughput on the GPU, fedprof (`fedprof-client train --device cuda`) against
+#   3. times a training step on the GPU by phase (fedprof-bench-step --device cuda), then
+#      training throughput on the GPU, fedprof (`fedprof-client train --device cuda`) against
 #      PyTorch on CUDA (bench/torch_sasrec.py --device cuda, the same model), on two synthetic
 #      configurations: G = the Amazon Games shape (dim 50, 2 blocks, 1 head, maxlen 50, batch 128,
 #      23,715 items) and L = dim 256, 4 blocks, maxlen 200, batch 256, 1,000,000 items; one epoch
@@ -39,7 +40,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   t0=$(date +%s)
   cmake -S . -B "$B" -DCMAKE_BUILD_TYPE=Release -DFEDPROF_CUDA=ON -DFEDPROF_WERROR=ON >"$OUT/cmake.txt" 2>&1 ||
     { tail -30 "$OUT/cmake.txt"; exit 1; }
-  cmake --build "$B" -j "$(nproc)" --target test_cuda test_model test_dpsgd test_kernels fedprof-client \
+  cmake --build "$B" -j "$(nproc)" --target test_cuda test_model test_dpsgd test_kernels fedprof-client fedprof-bench-step \
     >"$OUT/build.txt" 2>&1 || { grep -E "error|Error" -A3 "$OUT/build.txt" | head -40; exit 1; }
   echo "gpu-check: built in $(( $(date +%s) - t0 )) s"
 fi
@@ -54,6 +55,13 @@ for t in test_cuda test_model test_dpsgd test_kernels; do
   fi
 done
 grep -E "device auto|worst" "$OUT/test_cuda.txt" | head -40 || true
+
+# where a step's time goes on the GPU (forward, backward, Adam; the DP-SGD step and its noise)
+"$B/fedprof-bench-step" --device cuda --maxlen 50 --items 23715 --mean-len 9.3 --batch 128 --threads "$(nproc)" \
+  --steps 30 --dp-steps 5 >"$OUT/bench_step_G.txt" 2>&1 || { echo "gpu-check: bench-step G failed"; status=1; }
+"$B/fedprof-bench-step" --device cuda --dim 256 --blocks 4 --maxlen 200 --items 1000000 --mean-len 100 --batch 256 \
+  --threads "$(nproc)" --steps 10 --dp-steps 0 >"$OUT/bench_step_L.txt" 2>&1 || { echo "gpu-check: bench-step L failed"; status=1; }
+grep -hE "device:|forward|throughput|DP" "$OUT"/bench_step_*.txt || true
 
 PY=${PYTHON:-python3}
 have_torch=0
