@@ -44,6 +44,10 @@ const char *fp_k_device_name(fp_k_device d);
 fp_status fp_k_device_parse(const char *s, fp_k_device *out);
 /* 1 if this build has the CUDA back-end. */
 int fp_k_cuda_built(void);
+/* Load the CUDA back-end module (libfedprof_cuda.so, with the CUDA runtime and cuBLAS) without
+ * selecting the device: 1, or 0 with the reason in why. fp_k_device_select does this itself, only
+ * where an NVIDIA device node exists; this is for checking a build (tests). */
+int fp_k_cuda_module_check(char *why, size_t n);
 /* Choose the device for the whole process, before any model is created. AUTO takes CUDA when it
  * is usable and the CPU otherwise; CUDA fails with FP_ERR_UNSUPPORTED and the reason (no CUDA
  * back-end in this build, no GPU, no driver) when it is not. *got (may be NULL) receives the
@@ -87,6 +91,9 @@ void fp_k_layernorm_fwd(float *out, float *mean, float *rstd, const float *in, c
 /* din[N x C] +=, dg[C] +=, db[C] += (LayerNorm backward with the saved mean and rstd). */
 void fp_k_layernorm_bwd(float *din, float *dg, float *db, const float *dout, const float *in, const float *g,
                         const float *mean, const float *rstd, int N, int C);
+/* The parameter half alone: dg[C] += column sums of dout * xhat, db[C] += column sums of dout. */
+void fp_k_layernorm_params_bwd(float *dg, float *db, const float *dout, const float *in, const float *mean,
+                               const float *rstd, int N, int C);
 
 /* Inverted dropout mask[n]: each element is 0 with probability p, else 1/(1-p). Element i is a
  * pure function of (seed, i) (SplitMix64 of seed + (i+1)*golden ratio, top 24 bits compared
@@ -94,6 +101,8 @@ void fp_k_layernorm_bwd(float *din, float *dg, float *db, const float *dout, con
 void fp_k_dropout_mask(float *mask, size_t n, float p, uint64_t seed);
 /* x[n] = 0 (on the device the array lives on: the model zeroes its device buffers this way). */
 void fp_k_zero(float *x, size_t n);
+/* dst[n] = src[n] (no overlap). */
+void fp_k_copy(float *dst, const float *src, size_t n);
 /* out[n] = x + y * mask (mask NULL: 1). out may alias x or y. */
 void fp_k_add_mul(float *out, const float *x, const float *y, const float *mask, size_t n);
 /* out[n] = a * mask. out may alias a. */

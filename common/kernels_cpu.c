@@ -31,14 +31,15 @@
 #ifdef FEDPROF_HAVE_CUDA
 #include "common/kernels_cuda.h"
 /* Offer the call to the CUDA back-end first (kernels_cuda.h): done there, or declined. */
-#define ON_GPU(call)                                                                                                \
+#define ON_GPU(fn, ...)                                                                                              \
     do {                                                                                                             \
-        if (fp_k_device_current() == FP_K_DEVICE_CUDA && (call))                                                     \
+        const fp_kcuda_api_t *api_ = fp_kcuda();                                                                     \
+        if (api_ && fp_k_device_current() == FP_K_DEVICE_CUDA && api_->fn(__VA_ARGS__))                              \
             return;                                                                                                  \
     } while (0)
 #else
-#define ON_GPU(call) \
-    do {             \
+#define ON_GPU(fn, ...) \
+    do {                \
     } while (0)
 #endif
 
@@ -90,7 +91,7 @@ static void sgemm1(int ta, int tb, int M, int N, int K, float alpha, const float
 void fp_k_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
                 float beta, float *C, int ldc)
 {
-    ON_GPU(fp_kcuda_sgemm(ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc));
+    ON_GPU(sgemm, ta, tb, M, N, K, alpha, A, lda, B, ldb, beta, C, ldc);
     if (M <= 0 || N <= 0)
         return;
     int nt = fp_k_nthreads;
@@ -189,7 +190,7 @@ static void colsum_add(float *acc, const float *x, int N, int C) { colsums_add(a
 
 void fp_k_linear_fwd(float *out, const float *in, const float *w, const float *b, int N, int C, int OC)
 {
-    ON_GPU(fp_kcuda_linear_fwd(out, in, w, b, N, C, OC));
+    ON_GPU(linear_fwd, out, in, w, b, N, C, OC);
     if (N <= 0)
         return;
     if (b) { /* out starts as the bias; the sgemm then adds in W (beta = 1) */
@@ -207,7 +208,7 @@ void fp_k_linear_fwd(float *out, const float *in, const float *w, const float *b
 void fp_k_linear_bwd(float *din, float *dw, float *db, const float *dout, const float *in, const float *w, int N,
                      int C, int OC, int din_accumulate)
 {
-    ON_GPU(fp_kcuda_linear_bwd(din, dw, db, dout, in, w, N, C, OC, din_accumulate));
+    ON_GPU(linear_bwd, din, dw, db, dout, in, w, N, C, OC, din_accumulate);
     if (N <= 0)
         return;
     /* dw[C x OC] += in^T[C x N] dout[N x OC] */
@@ -260,7 +261,7 @@ FP_VEC static void ln_fwd_rows(float *restrict out, float *restrict mean, float 
 void fp_k_layernorm_fwd(float *out, float *mean, float *rstd, const float *in, const float *g, const float *b, int N,
                         int C, float eps)
 {
-    ON_GPU(fp_kcuda_layernorm_fwd(out, mean, rstd, in, g, b, N, C, eps));
+    ON_GPU(layernorm_fwd, out, mean, rstd, in, g, b, N, C, eps);
     const int nblk = (N + FP_LN_ROWS - 1) / FP_LN_ROWS;
     int nt = team_for((size_t)N * C, nblk);
 #pragma omp parallel num_threads(nt)
@@ -314,7 +315,7 @@ FP_VEC static void ln_bwd_rows(float *restrict din, const float *restrict dout, 
 void fp_k_layernorm_bwd(float *din, float *dg, float *db, const float *dout, const float *in, const float *g,
                         const float *mean, const float *rstd, int N, int C)
 {
-    ON_GPU(fp_kcuda_layernorm_bwd(din, dg, db, dout, in, g, mean, rstd, N, C));
+    ON_GPU(layernorm_bwd, din, dg, db, dout, in, g, mean, rstd, N, C);
     const int nblk = (N + FP_LN_ROWS - 1) / FP_LN_ROWS;
     int nt = team_for((size_t)N * C, nblk);
 #pragma omp parallel num_threads(nt)
@@ -348,6 +349,13 @@ void fp_k_layernorm_bwd(float *din, float *dg, float *db, const float *dout, con
     colsums_add(db, dg, dout, in, mean, rstd, N, C);
 }
 
+void fp_k_layernorm_params_bwd(float *dg, float *db, const float *dout, const float *in, const float *mean,
+                               const float *rstd, int N, int C)
+{
+    ON_GPU(layernorm_params_bwd, dg, db, dout, in, mean, rstd, N, C);
+    colsums_add(db, dg, dout, in, mean, rstd, N, C);
+}
+
 /* ---------------------------------------------------------------- elementwise */
 
 static inline uint64_t mix64(uint64_t z)
@@ -370,7 +378,7 @@ FP_VEC static void dropout_chunk(float *restrict mask, size_t i0, size_t n, uint
 
 void fp_k_dropout_mask(float *mask, size_t n, float p, uint64_t seed)
 {
-    ON_GPU(fp_kcuda_dropout_mask(mask, n, p, seed));
+    ON_GPU(dropout_mask, mask, n, p, seed);
     /* Keep iff u >= p with u = (24 random bits) / 2^24, i.e. iff bits >= ceil(p * 2^24). */
     const uint32_t thr = (uint32_t)ceil((double)p * 16777216.0);
     const float keep = 1.0f / (1.0f - p);
@@ -385,13 +393,19 @@ void fp_k_dropout_mask(float *mask, size_t n, float p, uint64_t seed)
 
 void fp_k_zero(float *x, size_t n)
 {
-    ON_GPU(fp_kcuda_zero(x, n));
+    ON_GPU(zero, x, n);
     memset(x, 0, n * sizeof *x);
+}
+
+void fp_k_copy(float *dst, const float *src, size_t n)
+{
+    ON_GPU(copy, dst, src, n);
+    memcpy(dst, src, n * sizeof *dst);
 }
 
 void fp_k_add_mul(float *out, const float *x, const float *y, const float *mask, size_t n)
 {
-    ON_GPU(fp_kcuda_add_mul(out, x, y, mask, n));
+    ON_GPU(add_mul, out, x, y, mask, n);
     int nt = team_for(n, 1 << 30);
     if (mask) {
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -406,7 +420,7 @@ void fp_k_add_mul(float *out, const float *x, const float *y, const float *mask,
 
 void fp_k_mul(float *out, const float *a, const float *mask, size_t n)
 {
-    ON_GPU(fp_kcuda_mul(out, a, mask, n));
+    ON_GPU(mul, out, a, mask, n);
     int nt = team_for(n, 1 << 30);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (size_t i = 0; i < n; i++)
@@ -436,7 +450,7 @@ static inline float keep_if_pos(float y, float x) { return bitsf(fbits(y) & -(in
 
 void fp_k_relu_fwd(float *out, const float *in, const float *mask, size_t n)
 {
-    ON_GPU(fp_kcuda_relu_fwd(out, in, mask, n));
+    ON_GPU(relu_fwd, out, in, mask, n);
     int nt = team_for(n, 1 << 30);
     if (mask) {
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -451,7 +465,7 @@ void fp_k_relu_fwd(float *out, const float *in, const float *mask, size_t n)
 
 void fp_k_relu_bwd(float *din, const float *dout, const float *in, const float *mask, size_t n)
 {
-    ON_GPU(fp_kcuda_relu_bwd(din, dout, in, mask, n));
+    ON_GPU(relu_bwd, din, dout, in, mask, n);
     int nt = team_for(n, 1 << 30);
     if (mask) {
 #pragma omp parallel for num_threads(nt) schedule(static)
@@ -469,7 +483,7 @@ void fp_k_relu_bwd(float *din, const float *dout, const float *in, const float *
 void fp_k_embed_fwd(float *out, const int32_t *ids, const int32_t *tpos, const float *wte, const float *wpe,
                     float scale, int N, int C)
 {
-    ON_GPU(fp_kcuda_embed_fwd(out, ids, tpos, wte, wpe, scale, N, C));
+    ON_GPU(embed_fwd, out, ids, tpos, wte, wpe, scale, N, C);
     int nt = team_for((size_t)N * C, N);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int i = 0; i < N; i++) {
@@ -483,7 +497,7 @@ void fp_k_embed_fwd(float *out, const int32_t *ids, const int32_t *tpos, const f
 void fp_k_embed_bwd(float *dwte, float *dwpe, const float *dout, const int32_t *ids, const int32_t *tpos, float scale,
                     int N, int C)
 {
-    ON_GPU(fp_kcuda_embed_bwd(dwte, dwpe, dout, ids, tpos, scale, N, C));
+    ON_GPU(embed_bwd, dwte, dwpe, dout, ids, tpos, scale, N, C);
     int nt = team_for((size_t)N * C, 1 << 30);
 #pragma omp parallel num_threads(nt)
     {
@@ -506,7 +520,7 @@ void fp_k_embed_bwd(float *dwte, float *dwpe, const float *dout, const int32_t *
 
 void fp_k_gather_rows(float *out, const float *src, const int32_t *rows, const float *fill, int n, int C)
 {
-    ON_GPU(fp_kcuda_gather_rows(out, src, rows, fill, n, C));
+    ON_GPU(gather_rows, out, src, rows, fill, n, C);
     int nt = team_for((size_t)n * C, n);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int i = 0; i < n; i++) {
@@ -522,7 +536,7 @@ void fp_k_gather_rows(float *out, const float *src, const int32_t *rows, const f
 
 void fp_k_scatter_rows_add(float *dsrc, float *dfill, const float *dout, const int32_t *rows, int n, int C)
 {
-    ON_GPU(fp_kcuda_scatter_rows_add(dsrc, dfill, dout, rows, n, C));
+    ON_GPU(scatter_rows_add, dsrc, dfill, dout, rows, n, C);
     int nt = team_for((size_t)n * C, n);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int i = 0; i < n; i++) {
@@ -643,7 +657,7 @@ void fp_k_attention_fwd(float *out, float *att, float *attd, const float *mask, 
                         const float *v, const int32_t *off, const size_t *att_off, int U, int C, int H,
                         float *scratch)
 {
-    ON_GPU(fp_kcuda_attention_fwd(out, att, attd, mask, q, k, v, off, att_off, U, C, H));
+    ON_GPU(attention_fwd, out, att, attd, mask, q, k, v, off, att_off, U, C, H);
     const int hs = C / H;
     const float scale = 1.0f / sqrtf((float)hs);
     const int W = U * H;
@@ -745,7 +759,7 @@ void fp_k_attention_bwd(float *dq, float *dk, float *dv, float *datt, const floa
                         const float *attd, const float *q, const float *k, const float *v, const int32_t *off,
                         const size_t *att_off, int U, int C, int H, float *scratch)
 {
-    ON_GPU(fp_kcuda_attention_bwd(dq, dk, dv, datt, dout, att, attd, q, k, v, off, att_off, U, C, H));
+    ON_GPU(attention_bwd, dq, dk, dv, datt, dout, att, attd, q, k, v, off, att_off, U, C, H);
     if (!attd)
         attd = att; /* no dropout: the probabilities weighed V themselves */
     const int hs = C / H;
@@ -794,7 +808,8 @@ double fp_k_sampled_loss_fwd(float *logits, const float *h, const int32_t *items
 {
 #ifdef FEDPROF_HAVE_CUDA
     double r;
-    if (fp_k_device_current() == FP_K_DEVICE_CUDA && fp_kcuda_sampled_loss_fwd(&r, logits, h, items, emb, n, S, C, kind))
+    const fp_kcuda_api_t *api = fp_kcuda();
+    if (api && fp_k_device_current() == FP_K_DEVICE_CUDA && api->sampled_loss_fwd(&r, logits, h, items, emb, n, S, C, kind))
         return r;
 #endif
     double total = 0.0;
@@ -828,7 +843,7 @@ double fp_k_sampled_loss_fwd(float *logits, const float *h, const int32_t *items
 void fp_k_sampled_loss_bwd(float *dh, float *demb, float *logits, const float *h, const int32_t *items,
                            const float *emb, int n, int S, int C, int kind, float scale)
 {
-    ON_GPU(fp_kcuda_sampled_loss_bwd(dh, demb, logits, h, items, emb, n, S, C, kind, scale));
+    ON_GPU(sampled_loss_bwd, dh, demb, logits, h, items, emb, n, S, C, kind, scale);
     int nt = team_for((size_t)n * S * C / 4, n);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int i = 0; i < n; i++) {
@@ -939,7 +954,8 @@ double fp_k_sumsq_scaled_copy(float *g, const float *x, size_t n, float coef)
 {
 #ifdef FEDPROF_HAVE_CUDA
     double r;
-    if (fp_k_device_current() == FP_K_DEVICE_CUDA && fp_kcuda_sumsq(&r, g, x, n, coef))
+    const fp_kcuda_api_t *api = fp_kcuda();
+    if (api && fp_k_device_current() == FP_K_DEVICE_CUDA && api->sumsq(&r, g, x, n, coef))
         return r;
 #endif
     return sumsq_impl(g, x, n, coef);
@@ -949,7 +965,8 @@ double fp_k_sumsq(const float *x, size_t n)
 {
 #ifdef FEDPROF_HAVE_CUDA
     double r;
-    if (fp_k_device_current() == FP_K_DEVICE_CUDA && fp_kcuda_sumsq(&r, NULL, x, n, 0.0f))
+    const fp_kcuda_api_t *api = fp_kcuda();
+    if (api && fp_k_device_current() == FP_K_DEVICE_CUDA && api->sumsq(&r, NULL, x, n, 0.0f))
         return r;
 #endif
     return sumsq_impl(NULL, x, n, 0.0f);
@@ -972,7 +989,7 @@ FP_VEC static void adam_chunk(float *restrict p, const float *restrict g, float 
 void fp_k_adam(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2, float eps,
                double bc1, double bc2)
 {
-    ON_GPU(fp_kcuda_adam(p, g, m, v, n, lr, b1, b2, eps, bc1, bc2));
+    ON_GPU(adam, p, g, m, v, n, lr, b1, b2, eps, bc1, bc2);
     const float step = (float)(lr / bc1);
     const float bc2_sqrt = (float)sqrt(bc2);
     size_t nchunks = (n + FP_SUM_CHUNK - 1) / FP_SUM_CHUNK;
@@ -989,7 +1006,7 @@ void fp_k_adam(float *p, const float *g, float *m, float *v, size_t n, float lr,
 
 void fp_k_sampled_loss_dlogits(float *logits, int n, int S, int kind, float scale)
 {
-    ON_GPU(fp_kcuda_sampled_loss_dlogits(logits, n, S, kind, scale));
+    ON_GPU(sampled_loss_dlogits, logits, n, S, kind, scale);
     int nt = team_for((size_t)n * S * 8, n);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int i = 0; i < n; i++) {
@@ -1017,7 +1034,7 @@ void fp_k_sampled_loss_dlogits(float *logits, int n, int S, int kind, float scal
 void fp_k_sampled_scores_bwd(float *dh, float *demb, const float *dz, const float *h, const int32_t *items,
                              const float *emb, int n, int S, int C)
 {
-    ON_GPU(fp_kcuda_sampled_scores_bwd(dh, demb, dz, h, items, emb, n, S, C));
+    ON_GPU(sampled_scores_bwd, dh, demb, dz, h, items, emb, n, S, C);
     int nt = team_for((size_t)n * S * C / 4, n);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int i = 0; i < n; i++) {
@@ -1058,7 +1075,7 @@ void fp_k_sampled_scores_bwd(float *dh, float *demb, const float *dz, const floa
 
 void fp_k_scale_rows(float *x, const float *s, int n, int C)
 {
-    ON_GPU(fp_kcuda_scale_rows(x, s, n, C));
+    ON_GPU(scale_rows, x, s, n, C);
     int nt = team_for((size_t)n * C, n);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int i = 0; i < n; i++) {

@@ -1,7 +1,11 @@
 /* kernels_cuda: the CUDA back-end of common/kernels.h (cuBLAS for the matrix products, small
  * CUDA kernels for the rest), compiled when CMake finds the CUDA toolkit (FEDPROF_CUDA=AUTO/ON).
  *
- * How it plugs in (see kernels_cuda.h): with the CUDA device selected, the model's buffers are
+ * It is built as a shared module (libfedprof_cuda.so) that common/kernels_device.c loads with
+ * dlopen when the CUDA device is selected, so that a CPU run never loads the CUDA libraries; its
+ * only exported symbol is the table fp_kcuda_api (kernels_cuda.h).
+ *
+ * How it plugs in: with the CUDA device selected, the model's buffers are
  * CUDA managed memory (fp_k_alloc), so the host code of the model (packing a batch, the DP-SGD
  * clip factors, its memsets) keeps working on them, and each fp_k_* function in kernels_cpu.c
  * first offers its call to the fp_kcuda_* function of the same name here. That function runs it
@@ -74,7 +78,7 @@ static void record(const char *what, const char *detail, const char *file, int l
         CK(cudaDeviceSynchronize());   \
     } while (0)
 
-extern "C" int fp_kcuda_take_error(char *msg, size_t n)
+static int fp_kcuda_take_error(char *msg, size_t n)
 {
     if (!g_failed)
         return 0;
@@ -86,7 +90,7 @@ extern "C" int fp_kcuda_take_error(char *msg, size_t n)
     return 1;
 }
 
-extern "C" int fp_kcuda_init(char *why, size_t n)
+static int fp_kcuda_init(char *why, size_t n)
 {
     if (g_ready)
         return 1;
@@ -123,7 +127,7 @@ extern "C" int fp_kcuda_init(char *why, size_t n)
     return 1;
 }
 
-extern "C" void *fp_kcuda_alloc(size_t bytes)
+static void *fp_kcuda_alloc(size_t bytes)
 {
     void *p = NULL;
     if (!g_ready)
@@ -136,7 +140,7 @@ extern "C" void *fp_kcuda_alloc(size_t bytes)
 }
 
 /* 1 if p is CUDA memory (then freed), 0 if it is not (the caller frees it). */
-extern "C" int fp_kcuda_free(void *p)
+static int fp_kcuda_free(void *p)
 {
     if (!g_ready || !p)
         return 0;
@@ -196,7 +200,7 @@ static void sgemm(int ta, int tb, int M, int N, int K, float alpha, const float 
                     A, lda, &beta, C, ldc));
 }
 
-extern "C" int fp_kcuda_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
+static int fp_kcuda_sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda,
                               const float *B, int ldb, float beta, float *C, int ldc)
 {
     if (!all_ok({A, B, C}))
@@ -231,7 +235,7 @@ __global__ void k_colsums(float *acc, float *dgx, const float *x, const float *i
         dgx[c] += s2;
 }
 
-extern "C" int fp_kcuda_linear_fwd(float *out, const float *in, const float *w, const float *b, int N, int C, int OC)
+static int fp_kcuda_linear_fwd(float *out, const float *in, const float *w, const float *b, int N, int C, int OC)
 {
     if (!all_ok({out, in, w, b}))
         return 0;
@@ -244,7 +248,7 @@ extern "C" int fp_kcuda_linear_fwd(float *out, const float *in, const float *w, 
     return 1;
 }
 
-extern "C" int fp_kcuda_linear_bwd(float *din, float *dw, float *db, const float *dout, const float *in,
+static int fp_kcuda_linear_bwd(float *din, float *dw, float *db, const float *dout, const float *in,
                                    const float *w, int N, int C, int OC, int din_accumulate)
 {
     if (!all_ok({din, dw, db, dout, in, w}))
@@ -315,7 +319,7 @@ __global__ void k_ln_bwd(float *din, const float *dout, const float *in, const f
         dx[c] += (dy[c] * g[c] - m1 - ((x[c] - mu) * rs) * m2) * rs;
 }
 
-extern "C" int fp_kcuda_layernorm_fwd(float *out, float *mean, float *rstd, const float *in, const float *g,
+static int fp_kcuda_layernorm_fwd(float *out, float *mean, float *rstd, const float *in, const float *g,
                                       const float *b, int N, int C, float eps)
 {
     if (!all_ok({out, mean, rstd, in, g, b}))
@@ -327,7 +331,7 @@ extern "C" int fp_kcuda_layernorm_fwd(float *out, float *mean, float *rstd, cons
     return 1;
 }
 
-extern "C" int fp_kcuda_layernorm_bwd(float *din, float *dg, float *db, const float *dout, const float *in,
+static int fp_kcuda_layernorm_bwd(float *din, float *dg, float *db, const float *dout, const float *in,
                                       const float *g, const float *mean, const float *rstd, int N, int C)
 {
     if (!all_ok({din, dg, db, dout, in, g, mean, rstd}))
@@ -336,6 +340,17 @@ extern "C" int fp_kcuda_layernorm_bwd(float *din, float *dg, float *db, const fl
         return 1;
     k_ln_bwd<<<(N + 3) / 4, 128>>>(din, dout, in, g, mean, rstd, N, C);
     k_colsums<<<(C + 127) / 128, 128>>>(db, dg, dout, in, mean, rstd, N, C);
+    DONE();
+    return 1;
+}
+
+static int fp_kcuda_layernorm_params_bwd(float *dg, float *db, const float *dout, const float *in,
+                                             const float *mean, const float *rstd, int N, int C)
+{
+    if (!all_ok({dg, db, dout, in, mean, rstd}))
+        return 0;
+    if (N > 0)
+        k_colsums<<<(C + 127) / 128, 128>>>(db, dg, dout, in, mean, rstd, N, C);
     DONE();
     return 1;
 }
@@ -358,7 +373,7 @@ __global__ void k_dropout(float *mask, size_t n, uint32_t thr, float keep, uint6
     }
 }
 
-extern "C" int fp_kcuda_dropout_mask(float *mask, size_t n, float p, uint64_t seed)
+static int fp_kcuda_dropout_mask(float *mask, size_t n, float p, uint64_t seed)
 {
     if (!all_ok({mask}))
         return 0;
@@ -393,7 +408,7 @@ __global__ void k_relu_bwd(float *din, const float *dout, const float *in, const
     GRID_STRIDE(i, n) din[i] = keep_if_pos(mask ? dout[i] * mask[i] : dout[i], in[i]);
 }
 
-extern "C" int fp_kcuda_zero(float *x, size_t n)
+static int fp_kcuda_zero(float *x, size_t n)
 {
     if (!all_ok({x}))
         return 0;
@@ -403,7 +418,17 @@ extern "C" int fp_kcuda_zero(float *x, size_t n)
     return 1;
 }
 
-extern "C" int fp_kcuda_add_mul(float *out, const float *x, const float *y, const float *mask, size_t n)
+static int fp_kcuda_copy(float *dst, const float *src, size_t n)
+{
+    if (!all_ok({dst, src}))
+        return 0;
+    if (n)
+        CK(cudaMemcpy(dst, src, n * sizeof *dst, cudaMemcpyDefault));
+    DONE();
+    return 1;
+}
+
+static int fp_kcuda_add_mul(float *out, const float *x, const float *y, const float *mask, size_t n)
 {
     if (!all_ok({out, x, y, mask}))
         return 0;
@@ -413,7 +438,7 @@ extern "C" int fp_kcuda_add_mul(float *out, const float *x, const float *y, cons
     return 1;
 }
 
-extern "C" int fp_kcuda_mul(float *out, const float *a, const float *mask, size_t n)
+static int fp_kcuda_mul(float *out, const float *a, const float *mask, size_t n)
 {
     if (!all_ok({out, a, mask}))
         return 0;
@@ -423,7 +448,7 @@ extern "C" int fp_kcuda_mul(float *out, const float *a, const float *mask, size_
     return 1;
 }
 
-extern "C" int fp_kcuda_relu_fwd(float *out, const float *in, const float *mask, size_t n)
+static int fp_kcuda_relu_fwd(float *out, const float *in, const float *mask, size_t n)
 {
     if (!all_ok({out, in, mask}))
         return 0;
@@ -433,7 +458,7 @@ extern "C" int fp_kcuda_relu_fwd(float *out, const float *in, const float *mask,
     return 1;
 }
 
-extern "C" int fp_kcuda_relu_bwd(float *din, const float *dout, const float *in, const float *mask, size_t n)
+static int fp_kcuda_relu_bwd(float *din, const float *dout, const float *in, const float *mask, size_t n)
 {
     if (!all_ok({din, dout, in, mask}))
         return 0;
@@ -467,7 +492,7 @@ __global__ void k_embed_bwd(float *dwte, float *dwpe, const float *dout, const i
     }
 }
 
-extern "C" int fp_kcuda_embed_fwd(float *out, const int32_t *ids, const int32_t *tpos, const float *wte,
+static int fp_kcuda_embed_fwd(float *out, const int32_t *ids, const int32_t *tpos, const float *wte,
                                   const float *wpe, float scale, int N, int C)
 {
     if (!all_ok({out, ids, tpos, wte, wpe}))
@@ -478,7 +503,7 @@ extern "C" int fp_kcuda_embed_fwd(float *out, const int32_t *ids, const int32_t 
     return 1;
 }
 
-extern "C" int fp_kcuda_embed_bwd(float *dwte, float *dwpe, const float *dout, const int32_t *ids, const int32_t *tpos,
+static int fp_kcuda_embed_bwd(float *dwte, float *dwpe, const float *dout, const int32_t *ids, const int32_t *tpos,
                                   float scale, int N, int C)
 {
     if (!all_ok({dwte, dwpe, dout, ids, tpos}))
@@ -510,7 +535,7 @@ __global__ void k_scatter_rows_add(float *dsrc, float *dfill, const float *dout,
     }
 }
 
-extern "C" int fp_kcuda_gather_rows(float *out, const float *src, const int32_t *rows, const float *fill, int n, int C)
+static int fp_kcuda_gather_rows(float *out, const float *src, const int32_t *rows, const float *fill, int n, int C)
 {
     if (!all_ok({out, src, rows, fill}))
         return 0;
@@ -520,7 +545,7 @@ extern "C" int fp_kcuda_gather_rows(float *out, const float *src, const int32_t 
     return 1;
 }
 
-extern "C" int fp_kcuda_scatter_rows_add(float *dsrc, float *dfill, const float *dout, const int32_t *rows, int n,
+static int fp_kcuda_scatter_rows_add(float *dsrc, float *dfill, const float *dout, const int32_t *rows, int n,
                                          int C)
 {
     if (!all_ok({dsrc, dfill, dout, rows}))
@@ -559,7 +584,7 @@ __global__ void k_sumsq(double *part, float *g, const float *x, size_t n, float 
 #define SUMSQ_BLOCKS 1024
 static double *g_part; /* SUMSQ_BLOCKS doubles of managed memory, allocated on first use */
 
-extern "C" int fp_kcuda_sumsq(double *out, float *g, const float *x, size_t n, float coef)
+static int fp_kcuda_sumsq(double *out, float *g, const float *x, size_t n, float coef)
 {
     if (!all_ok({g, x}))
         return 0;
@@ -598,7 +623,7 @@ __global__ void k_adam(float *p, const float *g, float *m, float *v, size_t n, f
     }
 }
 
-extern "C" int fp_kcuda_adam(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2,
+static int fp_kcuda_adam(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2,
                              float eps, double bc1, double bc2)
 {
     if (!all_ok({p, g, m, v}))
@@ -614,7 +639,7 @@ __global__ void k_scale_rows(float *x, const float *s, int n, int C)
     GRID_STRIDE(k, (size_t)n * C) x[k] *= s[k / C];
 }
 
-extern "C" int fp_kcuda_scale_rows(float *x, const float *s, int n, int C)
+static int fp_kcuda_scale_rows(float *x, const float *s, int n, int C)
 {
     if (!all_ok({x, s}))
         return 0;
@@ -766,7 +791,7 @@ __global__ void k_att_bwd_cols(float *dk, float *dv, const float *datt, const fl
     }
 }
 
-extern "C" int fp_kcuda_attention_fwd(float *out, float *att, float *attd, const float *mask, const float *q,
+static int fp_kcuda_attention_fwd(float *out, float *att, float *attd, const float *mask, const float *q,
                                       const float *k, const float *v, const int32_t *off, const size_t *att_off, int U,
                                       int C, int H)
 {
@@ -783,7 +808,7 @@ extern "C" int fp_kcuda_attention_fwd(float *out, float *att, float *attd, const
     return 1;
 }
 
-extern "C" int fp_kcuda_attention_bwd(float *dq, float *dk, float *dv, float *datt, const float *dout,
+static int fp_kcuda_attention_bwd(float *dq, float *dk, float *dv, float *datt, const float *dout,
                                       const float *att, const float *attd, const float *q, const float *k,
                                       const float *v, const int32_t *off, const size_t *att_off, int U, int C, int H)
 {
@@ -904,7 +929,7 @@ __global__ void k_scores_demb(float *demb, const float *dz, const float *h, cons
 static double *g_rowloss; /* per-row losses of k_loss_fwd (managed), grown as needed */
 static size_t g_rowloss_n;
 
-extern "C" int fp_kcuda_sampled_loss_fwd(double *total, float *logits, const float *h, const int32_t *items,
+static int fp_kcuda_sampled_loss_fwd(double *total, float *logits, const float *h, const int32_t *items,
                                          const float *emb, int n, int S, int C, int kind)
 {
     if (!all_ok({logits, h, items, emb}))
@@ -933,7 +958,7 @@ extern "C" int fp_kcuda_sampled_loss_fwd(double *total, float *logits, const flo
     return 1;
 }
 
-extern "C" int fp_kcuda_sampled_loss_dlogits(float *logits, int n, int S, int kind, float scale)
+static int fp_kcuda_sampled_loss_dlogits(float *logits, int n, int S, int kind, float scale)
 {
     if (!all_ok({logits}))
         return 0;
@@ -943,7 +968,7 @@ extern "C" int fp_kcuda_sampled_loss_dlogits(float *logits, int n, int S, int ki
     return 1;
 }
 
-extern "C" int fp_kcuda_sampled_scores_bwd(float *dh, float *demb, const float *dz, const float *h,
+static int fp_kcuda_sampled_scores_bwd(float *dh, float *demb, const float *dz, const float *h,
                                            const int32_t *items, const float *emb, int n, int S, int C)
 {
     if (!all_ok({dh, demb, dz, h, items, emb}))
@@ -957,7 +982,7 @@ extern "C" int fp_kcuda_sampled_scores_bwd(float *dh, float *demb, const float *
     return 1;
 }
 
-extern "C" int fp_kcuda_sampled_loss_bwd(float *dh, float *demb, float *logits, const float *h, const int32_t *items,
+static int fp_kcuda_sampled_loss_bwd(float *dh, float *demb, float *logits, const float *h, const int32_t *items,
                                          const float *emb, int n, int S, int C, int kind, float scale)
 {
     if (!all_ok({dh, demb, logits, h, items, emb}))
@@ -970,4 +995,44 @@ extern "C" int fp_kcuda_sampled_loss_bwd(float *dh, float *demb, float *logits, 
     }
     DONE();
     return 1;
+}
+
+/* ------------------------------------------------------------------ the module's table */
+
+/* The one exported symbol (kernels_cuda.h). C++20 designated initialisers: in member order, checked. */
+extern "C" __attribute__((visibility("default"))) const fp_kcuda_api_t *fp_kcuda_api(int version)
+{
+    static const fp_kcuda_api_t api = {
+        .init = fp_kcuda_init,
+        .alloc = fp_kcuda_alloc,
+        .release = fp_kcuda_free,
+        .take_error = fp_kcuda_take_error,
+        .sgemm = fp_kcuda_sgemm,
+        .linear_fwd = fp_kcuda_linear_fwd,
+        .linear_bwd = fp_kcuda_linear_bwd,
+        .layernorm_fwd = fp_kcuda_layernorm_fwd,
+        .layernorm_bwd = fp_kcuda_layernorm_bwd,
+        .dropout_mask = fp_kcuda_dropout_mask,
+        .zero = fp_kcuda_zero,
+        .copy = fp_kcuda_copy,
+        .layernorm_params_bwd = fp_kcuda_layernorm_params_bwd,
+        .add_mul = fp_kcuda_add_mul,
+        .mul = fp_kcuda_mul,
+        .relu_fwd = fp_kcuda_relu_fwd,
+        .relu_bwd = fp_kcuda_relu_bwd,
+        .embed_fwd = fp_kcuda_embed_fwd,
+        .embed_bwd = fp_kcuda_embed_bwd,
+        .gather_rows = fp_kcuda_gather_rows,
+        .scatter_rows_add = fp_kcuda_scatter_rows_add,
+        .sumsq = fp_kcuda_sumsq,
+        .attention_fwd = fp_kcuda_attention_fwd,
+        .attention_bwd = fp_kcuda_attention_bwd,
+        .sampled_loss_fwd = fp_kcuda_sampled_loss_fwd,
+        .sampled_loss_bwd = fp_kcuda_sampled_loss_bwd,
+        .sampled_loss_dlogits = fp_kcuda_sampled_loss_dlogits,
+        .sampled_scores_bwd = fp_kcuda_sampled_scores_bwd,
+        .adam = fp_kcuda_adam,
+        .scale_rows = fp_kcuda_scale_rows
+    };
+    return version == FP_KCUDA_API_VERSION ? &api : NULL;
 }

@@ -38,7 +38,7 @@
  * during a step; activation buffers are not zero-filled, so only the pages a batch touches
  * become resident. The DP-SGD scratch is the exception: allocated at the first
  * fp_model_loss_grad_clipped call (see model.h), whose norm pass (dp_norm_pass) mirrors backward()
- * layer by layer and whose clipped pass is backward_from_dhl, the very code of the normal pass. */
+ * layer by layer and keeps its output gradients, from which bk_grads forms the clipped gradient. */
 #include "common/model.h"
 
 #include <math.h>
@@ -54,6 +54,7 @@
 #define FP_MAX_BLOCKS 1024
 #define FP_MAX_NEG (1 << 20)
 #define FP_MAX_THREADS 256
+#define DP_SLOTS(blocks) (2 + 8 * (blocks)) /* the book-keeping slots of the DP-SGD pass (bk_slot) */
 
 typedef struct { /* offsets (in floats) of one block's tensors in the flat buffers */
     size_t ln1g, ln1b, wq, bq, wk, bk, wv, bv, wo, bo, ln2g, ln2b, w1, b1, w2, b2;
@@ -117,6 +118,8 @@ struct fp_model {
     float *dp_junk;     /* [2 x C] parameter gradients the norm pass does not want */
     float *dp_lin;      /* per thread: fp_k_linear_user_sqnorms scratch */
     void *dp_emb;       /* per thread: fp_k_embed_user_sqnorms scratch */
+    float *dp_bk;       /* [DP_SLOTS(blocks) x max_tok x C] the norm pass's output gradients (bk_slot) */
+    float *dp_tokc;     /* [max_tok] clip factor of each token's user */
 };
 
 static void dp_free(fp_model_t *m); /* DP-SGD scratch (below) */
@@ -723,9 +726,11 @@ static void dp_free(fp_model_t *m)
     fp_k_free(m->dp_ug);
     fp_k_free(m->dp_junk);
     fp_k_free(m->dp_lin);
+    fp_k_free(m->dp_bk);
+    fp_k_free(m->dp_tokc);
     free(m->dp_emb);
     m->dp_n2 = NULL, m->dp_rs = NULL, m->dp_ident = NULL, m->dp_ub = NULL, m->dp_ug = NULL, m->dp_junk = NULL;
-    m->dp_lin = NULL, m->dp_emb = NULL;
+    m->dp_lin = NULL, m->dp_emb = NULL, m->dp_bk = NULL, m->dp_tokc = NULL;
     m->dp_ready = 0;
 }
 
@@ -750,6 +755,10 @@ static fp_status dp_alloc(fp_model_t *m)
     if (st == FP_OK && (lin > SIZE_MAX / 2 / nth || emb > SIZE_MAX / 2 / nth))
         st = FP_FAIL(FP_ERR_RANGE, "DP-SGD scratch too large");
     m->dp_lin = act_alloc(nth * lin, &st);
+    if (st == FP_OK && m->max_tok * C > SIZE_MAX / sizeof(float) / DP_SLOTS((size_t)c->blocks))
+        st = FP_FAIL(FP_ERR_RANGE, "DP-SGD gradient slots too large");
+    m->dp_bk = act_alloc(DP_SLOTS((size_t)c->blocks) * m->max_tok * C, &st);
+    m->dp_tokc = act_alloc(m->max_tok, &st);
     if (st == FP_OK) {
         size_t bytes = (nth * emb + 63) / 64 * 64;
         m->dp_emb = aligned_alloc(64, bytes);
@@ -790,6 +799,18 @@ static void dp_layernorm_norms(fp_model_t *m, const float *dout, const float *in
     fp_k_user_sqnorms(m->dp_n2, m->dp_ug, m->dp_ident, m->U, C);
 }
 
+/* Book-keeping (Bu et al. 2023): the norm pass keeps every layer's output gradient, of the
+ * unscaled per-user losses, in a slot; the clipped gradient is then formed from them, each row
+ * scaled by its user's clip factor, without a second backward pass (bk_grads). Slots: 0 the final
+ * LayerNorm's output gradient; per block l, 1 + 8l + (0 FFN output, 1 FFN hidden (after the ReLU),
+ * 2 LN2 output, 3 attention output, 4 q, 5 k, 6 v, 7 LN1 output); last, the embeddings' output. */
+enum { BK_FO, BK_FC, BK_LN2, BK_AO, BK_Q, BK_K, BK_V, BK_LN1, BK_PER_BLOCK };
+
+static float *bk_slot(fp_model_t *m, size_t slot) { return m->dp_bk + slot * m->max_tok * (size_t)m->cfg.dim; }
+static float *bk_blk(fp_model_t *m, int l, int which) { return bk_slot(m, 1 + (size_t)BK_PER_BLOCK * l + which); }
+static float *bk_emb(fp_model_t *m) { return bk_slot(m, 1 + (size_t)BK_PER_BLOCK * m->cfg.blocks); }
+static void bk_keep(fp_model_t *m, float *slot, const float *g) { fp_k_copy(slot, g, (size_t)m->N * m->cfg.dim); }
+
 /* The norm pass: a backward of the SUMMED data loss (each user's loss is the sum over its
  * positions) that computes input gradients only, and at every parameter adds the squared norm of
  * each user's gradient to dp_n2[u]. Users never interact in the forward pass (attention is per
@@ -815,6 +836,7 @@ static void dp_norm_pass(fp_model_t *m)
     /* final LayerNorm; a loss target at a padding position feeds ln_f.b directly (h = ln_f.b) */
     fp_k_zero(m->s1, NC);
     fp_k_scatter_rows_add(m->s1, NULL, m->dhl, m->loss_row, m->NL, C);
+    bk_keep(m, bk_slot(m, 0), m->s1);
     const float *xL = c->blocks > 0 ? m->act[c->blocks - 1].out : m->x0;
     fp_k_user_colsums(m->dp_ub, m->dp_ug, m->s1, xL, m->lnf_mu, m->lnf_rs, m->off, U, C);
     for (int u = 0; u < U; u++) /* rare (hand-made batches only): a plain loop */
@@ -837,16 +859,19 @@ static void dp_norm_pass(fp_model_t *m)
             fp_k_mul(m->s1, m->dres, a->m_ffn, NC);
             dfo = m->s1;
         }
+        bk_keep(m, bk_blk(m, l, BK_FO), dfo);
         dp_linear_norms(m, a->fa, &dfo, 1);
         fp_k_sgemm(0, 1, N, C, C, 1.0f, dfo, C, P + o->w2, C, 0.0f, m->s2, C);
         fp_k_relu_bwd(m->s2, m->s2, a->fch, drop ? a->m_relu : NULL, NC);
         const float *dfc = m->s2;
+        bk_keep(m, bk_blk(m, l, BK_FC), dfc);
         dp_linear_norms(m, a->ln2, &dfc, 1);
         fp_k_sgemm(0, 1, N, C, C, 1.0f, m->s2, C, P + o->w1, C, 0.0f, m->s1, C);
         if (sr) {
             fp_k_add_mul(m->s1, m->s1, m->dres, NULL, NC);
             fp_k_zero(m->dres, NC);
         }
+        bk_keep(m, bk_blk(m, l, BK_LN2), m->s1);
         dp_layernorm_norms(m, m->s1, a->res1, a->ln2_mu, a->ln2_rs);
         fp_k_layernorm_bwd(m->dres, junk_g, junk_b, m->s1, a->res1, P + o->ln2g, a->ln2_mu, a->ln2_rs, N, C);
         /* attention: res1 = x + dropout(atty Wo + bo) */
@@ -855,11 +880,15 @@ static void dp_norm_pass(fp_model_t *m)
             fp_k_mul(m->s1, m->dres, a->m_att, NC);
             dao = m->s1;
         }
+        bk_keep(m, bk_blk(m, l, BK_AO), dao);
         dp_linear_norms(m, a->atty, &dao, 1);
         fp_k_sgemm(0, 1, N, C, C, 1.0f, dao, C, P + o->wo, C, 0.0f, m->s2, C);
         fp_k_attention_bwd(m->dq, m->dk, m->dv, m->datt, m->s2, a->att, drop_att ? a->attd : NULL, a->q, a->k, a->v,
                            m->off, m->att_off, U, C, H, m->tmp);
         const float *dqkv[3] = {m->dq, m->dk, m->dv};
+        bk_keep(m, bk_blk(m, l, BK_Q), m->dq);
+        bk_keep(m, bk_blk(m, l, BK_K), m->dk);
+        bk_keep(m, bk_blk(m, l, BK_V), m->dv);
         if (!sr) {
             dp_linear_norms(m, a->ln1, dqkv, 3);
             fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dq, C, P + o->wq, C, 0.0f, m->s1, C);
@@ -873,6 +902,7 @@ static void dp_norm_pass(fp_model_t *m)
             fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dk, C, P + o->wk, C, 0.0f, m->dres, C);
             fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dv, C, P + o->wv, C, 1.0f, m->dres, C);
         }
+        bk_keep(m, bk_blk(m, l, BK_LN1), m->s1);
         dp_layernorm_norms(m, m->s1, x, a->ln1_mu, a->ln1_rs);
         fp_k_layernorm_bwd(m->dres, junk_g, junk_b, m->s1, x, P + o->ln1g, a->ln1_mu, a->ln1_rs, N, C);
     }
@@ -883,9 +913,51 @@ static void dp_norm_pass(fp_model_t *m)
         fp_k_mul(m->s1, m->dres, m->m_emb, NC);
         dx = m->s1;
     }
+    bk_keep(m, bk_emb(m), dx);
     fp_k_user_sqnorms(m->dp_n2, dx, m->off, U, C);
     fp_k_embed_user_sqnorms(m->dp_n2, dx, m->tok_id, sqrtf((float)C), m->off, m->logits, m->hl, m->items, m->loff, U,
                             c->n_items, c->maxlen, c->maxlen, m->S, C, m->dp_emb);
+}
+
+/* The clipped gradient sum_u c_u g_u into m->grads (+=) from the slots of the norm pass: every
+ * token row of every slot is scaled by its user's factor c_u (dp_tokc), then each parameter's
+ * gradient is the one product or column sum it takes from its layer's input and output gradient.
+ * Exact up to rounding, because a token's output gradient belongs to its own user's loss alone
+ * (users never interact); tests/test_dpsgd.c checks it against per-user gradients. The loss side
+ * (item_emb as output embeddings, ln_f.b for a loss target at a padding position) uses the loss
+ * rows' factors (dp_rs) with the norm pass's unscaled dhl. */
+static void bk_grads(fp_model_t *m)
+{
+    const fp_model_config_t *c = &m->cfg;
+    const int N = m->N, C = c->dim;
+    const float *P = m->params;
+    float *G = m->grads;
+    const int sr = c->block == FP_BLOCK_SASREC;
+    for (int v = 0; v < m->NL; v++) /* rare (hand-made batches only): a plain loop */
+        if (m->loss_row[v] < 0)
+            for (int j = 0; j < C; j++)
+                G[m->o_lnfb + j] += m->dp_rs[v] * m->dhl[(size_t)v * C + j];
+    fp_k_scale_rows(m->logits, m->dp_rs, m->NL, m->S);
+    fp_k_sampled_scores_bwd(m->dhl, G + m->o_wte, m->logits, m->hl, m->items, P + m->o_wte, m->NL, m->S, C);
+    for (size_t k = 0; k < (size_t)DP_SLOTS(c->blocks); k++)
+        fp_k_scale_rows(bk_slot(m, k), m->dp_tokc, N, C);
+    const float *xL = c->blocks > 0 ? m->act[c->blocks - 1].out : m->x0;
+    fp_k_layernorm_params_bwd(G + m->o_lnfg, G + m->o_lnfb, bk_slot(m, 0), xL, m->lnf_mu, m->lnf_rs, N, C);
+    for (int l = 0; l < c->blocks; l++) {
+        const blk_act_t *a = &m->act[l];
+        const blk_off_t *o = &m->boff[l];
+        const float *x = l > 0 ? m->act[l - 1].out : m->x0;
+        fp_k_linear_bwd(NULL, G + o->w2, G + o->b2, bk_blk(m, l, BK_FO), a->fa, P + o->w2, N, C, C, 0);
+        fp_k_linear_bwd(NULL, G + o->w1, G + o->b1, bk_blk(m, l, BK_FC), a->ln2, P + o->w1, N, C, C, 0);
+        fp_k_layernorm_params_bwd(G + o->ln2g, G + o->ln2b, bk_blk(m, l, BK_LN2), a->res1, a->ln2_mu, a->ln2_rs, N, C);
+        fp_k_linear_bwd(NULL, G + o->wo, G + o->bo, bk_blk(m, l, BK_AO), a->atty, P + o->wo, N, C, C, 0);
+        const float *kv_in = sr ? x : a->ln1;
+        fp_k_linear_bwd(NULL, G + o->wq, G + o->bq, bk_blk(m, l, BK_Q), a->ln1, P + o->wq, N, C, C, 0);
+        fp_k_linear_bwd(NULL, G + o->wk, G + o->bk, bk_blk(m, l, BK_K), kv_in, P + o->wk, N, C, C, 0);
+        fp_k_linear_bwd(NULL, G + o->wv, G + o->bv, bk_blk(m, l, BK_V), kv_in, P + o->wv, N, C, C, 0);
+        fp_k_layernorm_params_bwd(G + o->ln1g, G + o->ln1b, bk_blk(m, l, BK_LN1), x, a->ln1_mu, a->ln1_rs, N, C);
+    }
+    fp_k_embed_bwd(G + m->o_wte, G + m->o_wpe, bk_emb(m), m->tok_id, m->tok_t, sqrtf((float)C), N, C);
 }
 
 fp_status fp_model_loss_grad_clipped(fp_model_t *m, const fp_batch_t *b, fp_rng_t *rng, double clip, int accumulate,
@@ -916,17 +988,14 @@ fp_status fp_model_loss_grad_clipped(fp_model_t *m, const fp_batch_t *b, fp_rng_
             norms[u] = n;
         for (int v = m->loff[u]; v < m->loff[u + 1]; v++)
             m->dp_rs[v] = f;
+        for (int t = m->off[u]; t < m->off[u + 1]; t++)
+            m->dp_tokc[t] = f;
     }
     float *G = m->grads;
     if (!accumulate)
         fp_k_zero(G, m->layout.total);
-    if (m->NL > 0) {
-        /* the clipped pass: user u's loss scaled by its factor, so the grads receive sum_u c_u g_u */
-        fp_k_scale_rows(m->logits, m->dp_rs, m->NL, m->S);
-        fp_k_sampled_scores_bwd(m->dhl, G + m->o_wte, m->logits, m->hl, m->items, m->params + m->o_wte, m->NL, m->S,
-                                C);
-        backward_from_dhl(m);
-    }
+    if (m->NL > 0)
+        bk_grads(m); /* sum_u c_u g_u, from the norm pass's slots */
     fp_k_zero(G + m->o_wte, (size_t)C); /* padding row: no gradient */
     if (loss_out)
         *loss_out = m->NL > 0 ? data / m->NL : 0.0;

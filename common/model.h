@@ -108,11 +108,13 @@ fp_status fp_model_loss_grad(fp_model_t *m, const fp_batch_t *b, fp_rng_t *rng, 
  * forward pass, so user u's rows of each intermediate gradient are its own): per linear layer the
  * ghost norm <X X^T, G G^T> or the small [in x out] per-user product, whichever costs less; the
  * tied item embedding as sparse per-user rows, an item's input, positive and negative rows summed
- * before squaring; position embeddings, LayerNorm gains/biases and biases directly. A second
- * backward pass with user u's loss scaled by c_u = min(1, clip * FP_MODEL_CLIP_MARGIN / ||g_u||)
- * then leaves sum_u c_u g_u in the grads (accumulate = 0: overwritten; != 0: added, for a Poisson
+ * before squaring; position embeddings, LayerNorm gains/biases and biases directly. That pass
+ * keeps each layer's output gradient ("book-keeping", Bu et al. 2023), so sum_u c_u g_u, with
+ * c_u = min(1, clip * FP_MODEL_CLIP_MARGIN / ||g_u||), is then formed without a second backward
+ * pass: each layer's parameter gradient from its input and its output gradient with user u's rows
+ * scaled by c_u. It lands in the grads (accumulate = 0: overwritten; != 0: added, for a Poisson
  * sample split into several sub-batches). Dropout (training, from rng) is drawn once in the
- * forward pass and both backward passes use its masks: per user and independent of the others.
+ * forward pass and the backward pass uses its masks: per user and independent of the others.
  *
  * Not included: the l2_emb term. Here it is over the WHOLE item table (not the batch's items, as
  * SASRec.pytorch does), hence data independent: under DP it is plain weight decay, added after
@@ -121,12 +123,14 @@ fp_status fp_model_loss_grad(fp_model_t *m, const fp_batch_t *b, fp_rng_t *rng, 
  *
  * norms (may be NULL) [b->B] receive each user's ||g_u|| (0 for a row without loss positions);
  * loss_out (may be NULL) the mean data loss per position, before clipping. The norm is computed
- * in float32 arithmetic accumulated in double, so it matches the gradient the second pass
- * computes to float32 rounding (~1e-6 relative); FP_MODEL_CLIP_MARGIN covers that with room.
+ * in float32 arithmetic accumulated in double, so it matches the clipped gradient's own terms to
+ * float32 rounding (~1e-6 relative); FP_MODEL_CLIP_MARGIN covers that with room.
  * Errors: those of fp_model_loss_grad; FP_ERR_INVALID (clip not finite and > 0); FP_ERR_NUMERIC
  * (a non-finite norm; the grads are then untouched by this call); FP_ERR_NOMEM (the DP scratch,
  * allocated at the first call: about threads x (max(2 dim^2, dim^2) floats + (n_items + 1) x 4 +
- * maxlen x (2 + n_neg) x dim x 8 bytes) plus max_batch x dim x 2 floats). */
+ * maxlen x (2 + n_neg) x dim x 8 bytes) plus max_batch x dim x 2 floats, plus (2 + 8 blocks) x
+ * max_batch x maxlen x dim floats for the kept gradients, of which only the rows of a batch's real
+ * tokens become resident: +20 MB for Amazon Games at an expected batch of 1024). */
 #define FP_MODEL_CLIP_MARGIN (1.0 - 0x1.0p-12)
 fp_status fp_model_loss_grad_clipped(fp_model_t *m, const fp_batch_t *b, fp_rng_t *rng, double clip, int accumulate,
                                      double *norms, double *loss_out);

@@ -164,6 +164,12 @@ static void test_device_select(void **state)
         assert_non_null(strstr(info, "cpu (no GPU: "));
     }
     use(FP_K_DEVICE_CPU);
+    /* the CUDA back-end is a module loaded on demand (kernels_cuda.h): a build with it must be able
+     * to load it (and the CUDA runtime and cuBLAS it links), GPU or not */
+    char why[320];
+    int loaded = fp_k_cuda_module_check(why, sizeof why);
+    print_message("CUDA module: %s\n", loaded ? "loaded" : why);
+    assert_int_equal(loaded, fp_k_cuda_built());
     /* memory of the CPU device: usable, freed by fp_k_free; NULL is a no-op */
     float *p = fp_k_alloc(1000 * sizeof *p);
     assert_non_null(p);
