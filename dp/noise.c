@@ -177,6 +177,8 @@ static fp_status bern_exp1(src_t *s, int *out)
  * all succeed, then the fractional part (CKS Algorithm 1, γ > 1). */
 static fp_status bern_exp_wide(src_t *s, u128 N, uint64_t den, int *out)
 {
+    if (N < den) /* γ < 1, the table sampler's every case: no division */
+        return bern_exp_le1(s, (uint64_t)N, den, out);
     u128 q;
     uint64_t rem;
     if ((N >> 64) == 0) { /* the common case: 64-bit division */
@@ -593,16 +595,30 @@ double fp_dp_grid_sensitivity(double l2_bound, size_t n, double grid)
  * sum is exact in int64 and in double. */
 static fp_status noise_chunk(float *x, size_t n, double grid, const fp_dp_dgauss_t *p, fp_csprng_t *r)
 {
+    enum { BATCH = 256 }; /* samples first, then a loop the compiler can vectorise */
+    int e;
+    const int pow2 = frexp(grid, &e) == 0.5; /* then x / grid is the exact x * (1 / grid) */
+    const double inv = 1.0 / grid;
+    int64_t z[BATCH];
     src_t s;
     src_init(&s, r);
     fp_status st = FP_OK;
-    for (size_t i = 0; i < n && st == FP_OK; i++) {
-        int64_t z;
-        if ((st = dgauss_one(p, &s, &z)) == FP_OK) {
-            int64_t k = (int64_t)round((double)x[i] / grid);
-            x[i] = (float)(grid * (double)(k + z));
+    for (size_t i0 = 0; i0 < n && st == FP_OK; i0 += BATCH) {
+        const size_t m = n - i0 < BATCH ? n - i0 : BATCH;
+        for (size_t j = 0; j < m && st == FP_OK; j++)
+            st = dgauss_one(p, &s, &z[j]);
+        if (st != FP_OK)
+            break;
+        float *xs = x + i0;
+        for (size_t j = 0; j < m; j++) {
+            const double v = pow2 ? (double)xs[j] * inv : (double)xs[j] / grid;
+            /* round(v), half away from zero: v − trunc(v) is exact for |v| ≤ 2^52 */
+            const double t = trunc(v);
+            const double k = t + (fabs(v - t) >= 0.5 ? copysign(1.0, v) : 0.0);
+            xs[j] = (float)(grid * (k + (double)z[j])); /* |k + z| < 2^53: exact */
         }
     }
+    OPENSSL_cleanse(z, sizeof z);
     src_done(&s);
     return st;
 }
