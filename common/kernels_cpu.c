@@ -809,7 +809,8 @@ double fp_k_sampled_loss_fwd(float *logits, const float *h, const int32_t *items
 #ifdef FEDPROF_HAVE_CUDA
     double r;
     const fp_kcuda_api_t *api = fp_kcuda();
-    if (api && fp_k_device_current() == FP_K_DEVICE_CUDA && api->sampled_loss_fwd(&r, logits, h, items, emb, n, S, C, kind))
+    if (api && fp_k_device_current() == FP_K_DEVICE_CUDA &&
+        api->sampled_loss_fwd(&r, logits, h, items, emb, n, S, C, kind))
         return r;
 #endif
     double total = 0.0;

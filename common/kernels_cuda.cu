@@ -185,7 +185,8 @@ static unsigned blocks_for(size_t n, unsigned t)
     return (unsigned)(b < 65535u * 32u ? b : 65535u * 32u); /* grid-stride loops cover the rest */
 }
 
-#define GRID_STRIDE(i, n) for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
+#define GRID_STRIDE(i, n)                                                                                            \
+    for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
 
 /* ------------------------------------------------------------------ sgemm and linear */
 

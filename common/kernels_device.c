@@ -125,7 +125,8 @@ fp_status fp_k_device_select(fp_k_device want, fp_k_device *got, char *info, siz
         else if (cuda_load(why, sizeof why) && g_api->init(why, sizeof why))
             d = FP_K_DEVICE_CUDA;
 #else
-        snprintf(why, sizeof why, "this build has no CUDA back-end (configured with FEDPROF_CUDA=OFF or without the CUDA toolkit)");
+        snprintf(why, sizeof why,
+                 "this build has no CUDA back-end (configured with FEDPROF_CUDA=OFF or without the CUDA toolkit)");
 #endif
         if (d != FP_K_DEVICE_CUDA && want == FP_K_DEVICE_CUDA)
             return FP_FAIL(FP_ERR_UNSUPPORTED, "device cuda: %s", why);
