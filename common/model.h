@@ -130,7 +130,7 @@ fp_status fp_model_loss_grad(fp_model_t *m, const fp_batch_t *b, fp_rng_t *rng, 
  * allocated at the first call: about threads x (max(2 dim^2, dim^2) floats + (n_items + 1) x 4 +
  * maxlen x (2 + n_neg) x dim x 8 bytes) plus max_batch x dim x 2 floats, plus (2 + 8 blocks) x
  * max_batch x maxlen x dim floats for the kept gradients, of which only the rows of a batch's real
- * tokens become resident: +20 MB for Amazon Games at an expected batch of 1024). */
+ * tokens become resident: +20 MB for Amazon Games at an expected batch of 1024, +94 MB at 4096). */
 #define FP_MODEL_CLIP_MARGIN (1.0 - 0x1.0p-12)
 fp_status fp_model_loss_grad_clipped(fp_model_t *m, const fp_batch_t *b, fp_rng_t *rng, double clip, int accumulate,
                                      double *norms, double *loss_out);
