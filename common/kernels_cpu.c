@@ -1113,6 +1113,7 @@ static int user_team(int U, double work)
 
 void fp_k_user_sqnorms(double *acc, const float *x, const int32_t *off, int U, int C)
 {
+    ON_GPU(user_sqnorms, acc, x, off, U, C);
     int nt = user_team(U, (double)(off[U] - off[0]) * C);
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int u = 0; u < U; u++)
@@ -1122,6 +1123,7 @@ void fp_k_user_sqnorms(double *acc, const float *x, const int32_t *off, int U, i
 void fp_k_user_colsums(float *sum, float *sumx, const float *x, const float *in, const float *mean,
                        const float *rstd, const int32_t *off, int U, int C)
 {
+    ON_GPU(user_colsums, sum, sumx, x, in, mean, rstd, off, U, C);
     int nt = user_team(U, (double)(off[U] - off[0]) * C * (sumx ? 2 : 1));
 #pragma omp parallel for num_threads(nt) schedule(static)
     for (int u = 0; u < U; u++) {
@@ -1193,6 +1195,7 @@ size_t fp_k_linear_user_sqnorms_scratch(int max_len, int C, int OC)
 void fp_k_linear_user_sqnorms(double *acc, const float *in, const float *const *dout, int n_out, const int32_t *off,
                               int U, int C, int OC, float *scratch)
 {
+    ON_GPU(linear_user_sqnorms, acc, in, dout, n_out, off, U, C, OC);
     int max_len = 0;
     for (int u = 0; u < U; u++)
         max_len = off[u + 1] - off[u] > max_len ? off[u + 1] - off[u] : max_len;
@@ -1265,6 +1268,7 @@ void fp_k_embed_user_sqnorms(double *acc, const float *dx, const int32_t *ids, f
                              const float *dz, const float *h, const int32_t *items, const int32_t *loff, int U,
                              int n_items, int max_tok, int max_loss, int S, int C, void *scratch)
 {
+    ON_GPU(embed_user_sqnorms, acc, dx, ids, scale, off, dz, h, items, loff, U, S, C);
     const size_t stride = fp_k_embed_user_sqnorms_scratch(n_items, max_tok, max_loss, S, C);
     const size_t ints = embed_ints(n_items, max_tok, max_loss, S);
     int nt = user_team(U, ((double)(off[U] - off[0]) + (double)(loff[U] - loff[0]) * S) * C);

@@ -13,9 +13,9 @@
  * 0: a caller's plain host array, e.g. fp_model_profiles' output) and the CPU code runs instead.
  * On the GPU: sgemm, linear, LayerNorm, dropout masks, the elementwise ops, embeddings, gathers
  * and scatters, attention (forward and backward), the sampled losses, Adam, sums of squares.
- * Not yet (they run on the CPU, on the same managed memory): DP-SGD's per-user norms
- * (fp_k_user_*, fp_k_linear_user_sqnorms, fp_k_embed_user_sqnorms) and fp_k_gather_dot (scoring
- * into callers' host arrays). Every GPU call ends with a device synchronisation, so the host may
+ * and DP-SGD's per-user norms (fp_k_user_*, the ghost norms, the tied embedding's norms). Not yet
+ * (it runs on the CPU, on the same managed memory): fp_k_gather_dot (scoring into callers' host
+ * arrays). Every GPU call ends with a device synchronisation, so the host may
  * touch any buffer between two calls; the price is one synchronisation per kernel call, and a
  * page migration whenever the host touches managed memory the GPU wrote.
  *
@@ -998,6 +998,183 @@ static int fp_kcuda_sampled_loss_bwd(float *dh, float *demb, float *logits, cons
     return 1;
 }
 
+/* ------------------------------------------------------------------ DP-SGD: per-user norms */
+
+/* Block sum of a double (blockDim.x = 256), returned to thread 0. */
+__device__ double block_sum_d(double v)
+{
+    __shared__ double sh[256];
+    sh[threadIdx.x] = v;
+    __syncthreads();
+    for (int o = blockDim.x / 2; o > 0; o >>= 1) {
+        if ((int)threadIdx.x < o)
+            sh[threadIdx.x] += sh[threadIdx.x + o];
+        __syncthreads();
+    }
+    return sh[0];
+}
+
+/* One block per user: acc[u] += sum of squares of its rows. */
+__global__ void k_user_sqnorms(double *acc, const float *x, const int32_t *off, int C)
+{
+    const int u = blockIdx.x;
+    const size_t a = (size_t)off[u] * C, b = (size_t)off[u + 1] * C;
+    double s = 0.0;
+    for (size_t i = a + threadIdx.x; i < b; i += blockDim.x)
+        s += (double)x[i] * (double)x[i];
+    s = block_sum_d(s);
+    if (threadIdx.x == 0)
+        acc[u] += s;
+}
+
+/* One thread per (user, column): the user's column sums, in row order (overwrite). */
+__global__ void k_user_colsums(float *sum, float *sumx, const float *x, const float *in, const float *mean,
+                               const float *rstd, const int32_t *off, int U, int C)
+{
+    const int u = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    if (u >= U || c >= C)
+        return;
+    float s1 = 0.0f, s2 = 0.0f;
+    for (int i = off[u]; i < off[u + 1]; i++) {
+        const float v = x[(size_t)i * C + c];
+        s1 += v;
+        if (sumx)
+            s2 += v * ((in[(size_t)i * C + c] - mean[i]) * rstd[i]);
+    }
+    sum[(size_t)u * C + c] = s1;
+    if (sumx)
+        sumx[(size_t)u * C + c] = s2;
+}
+
+typedef struct {
+    const float *d[4];
+} douts_t;
+
+/* One block per user, the ghost norm: acc[u] += sum_k sum_{t,t'} <x_t, x_t'> <g_kt, g_kt'> over the
+ * user's rows (each unordered pair twice, the diagonal once), which is sum_k ||X^T G_k||_F^2. */
+__global__ void k_linear_user_sqnorms(double *acc, const float *in, douts_t g, int n_out, const int32_t *off, int C,
+                                      int OC)
+{
+    const int u = blockIdx.x, r0 = off[u], L = off[u + 1] - off[u];
+    double s = 0.0;
+    for (int t = 0; t < L; t++)
+        for (int tp = threadIdx.x; tp <= t; tp += blockDim.x) {
+            const float *xa = in + (size_t)(r0 + t) * C, *xb = in + (size_t)(r0 + tp) * C;
+            float xx = 0.0f;
+            for (int c = 0; c < C; c++)
+                xx += xa[c] * xb[c];
+            double gg = 0.0;
+            for (int k = 0; k < n_out; k++) {
+                const float *ga = g.d[k] + (size_t)(r0 + t) * OC, *gb = g.d[k] + (size_t)(r0 + tp) * OC;
+                float d = 0.0f;
+                for (int c = 0; c < OC; c++)
+                    d += ga[c] * gb[c];
+                gg += d;
+            }
+            s += (t == tp ? 1.0 : 2.0) * (double)xx * gg;
+        }
+    s = block_sum_d(s);
+    if (threadIdx.x == 0)
+        acc[u] += s;
+}
+
+/* One block per user: its tied-embedding gradient has one row per occurrence (its tokens: scale *
+ * dx[t] at ids[t]; its loss rows' scores: dz[v][j] * h[v] at items[v][j]; item 0 none); rows of
+ * the same item add up, so ||.||^2 = sum over pairs of occurrences of the same item of
+ * coef_a coef_b <vec_a, vec_b> (each unordered pair twice, the diagonal once). */
+__global__ void k_embed_user_sqnorms(double *acc, const float *dx, const int32_t *ids, float scale,
+                                     const int32_t *off, const float *dz, const float *h, const int32_t *items,
+                                     const int32_t *loff, int S, int C)
+{
+    const int u = blockIdx.x;
+    const int L = off[u + 1] - off[u], E = L + (loff[u + 1] - loff[u]) * S;
+    double s = 0.0;
+    for (int a = threadIdx.x; a < E; a += blockDim.x) {
+        int32_t ia;
+        float ca;
+        const float *va;
+        if (a < L) {
+            ia = ids[off[u] + a], ca = scale, va = dx + (size_t)(off[u] + a) * C;
+        } else {
+            const int v = loff[u] + (a - L) / S, j = (a - L) % S;
+            ia = items[(size_t)v * S + j], ca = dz[(size_t)v * S + j], va = h + (size_t)v * C;
+        }
+        if (ia == 0)
+            continue;
+        for (int b = a; b < E; b++) {
+            int32_t ib;
+            float cb;
+            const float *vb;
+            if (b < L) {
+                ib = ids[off[u] + b], cb = scale, vb = dx + (size_t)(off[u] + b) * C;
+            } else {
+                const int v = loff[u] + (b - L) / S, j = (b - L) % S;
+                ib = items[(size_t)v * S + j], cb = dz[(size_t)v * S + j], vb = h + (size_t)v * C;
+            }
+            if (ib != ia)
+                continue;
+            double d = 0.0;
+            for (int c = 0; c < C; c++)
+                d += (double)(ca * va[c]) * (double)(cb * vb[c]);
+            s += (a == b ? 1.0 : 2.0) * d;
+        }
+    }
+    s = block_sum_d(s);
+    if (threadIdx.x == 0)
+        acc[u] += s;
+}
+
+static int fp_kcuda_user_sqnorms(double *acc, const float *x, const int32_t *off, int U, int C)
+{
+    if (!all_ok({acc, x, off}))
+        return 0;
+    if (U > 0)
+        k_user_sqnorms<<<U, 256>>>(acc, x, off, C);
+    DONE();
+    return 1;
+}
+
+static int fp_kcuda_user_colsums(float *sum, float *sumx, const float *x, const float *in, const float *mean,
+                                 const float *rstd, const int32_t *off, int U, int C)
+{
+    if (!all_ok({sum, sumx, x, sumx ? in : NULL, sumx ? mean : NULL, sumx ? rstd : NULL, off}))
+        return 0;
+    if (U > 0)
+        k_user_colsums<<<dim3((unsigned)((C + 127) / 128), (unsigned)U), 128>>>(sum, sumx, x, in, mean, rstd, off, U,
+                                                                               C);
+    DONE();
+    return 1;
+}
+
+static int fp_kcuda_linear_user_sqnorms(double *acc, const float *in, const float *const *dout, int n_out,
+                                        const int32_t *off, int U, int C, int OC)
+{
+    if (n_out < 1 || n_out > 4 || !all_ok({acc, in, off}))
+        return 0;
+    douts_t g = {{NULL, NULL, NULL, NULL}};
+    for (int k = 0; k < n_out; k++) {
+        if (!dev_ok(dout[k]))
+            return 0;
+        g.d[k] = dout[k];
+    }
+    if (U > 0)
+        k_linear_user_sqnorms<<<U, 256>>>(acc, in, g, n_out, off, C, OC);
+    DONE();
+    return 1;
+}
+
+static int fp_kcuda_embed_user_sqnorms(double *acc, const float *dx, const int32_t *ids, float scale,
+                                       const int32_t *off, const float *dz, const float *h, const int32_t *items,
+                                       const int32_t *loff, int U, int S, int C)
+{
+    if (!all_ok({acc, dx, ids, off, dz, h, items, loff}))
+        return 0;
+    if (U > 0)
+        k_embed_user_sqnorms<<<U, 256>>>(acc, dx, ids, scale, off, dz, h, items, loff, S, C);
+    DONE();
+    return 1;
+}
+
 /* ------------------------------------------------------------------ the module's table */
 
 /* The one exported symbol (kernels_cuda.h). C++20 designated initialisers: in member order, checked. */
@@ -1033,7 +1210,11 @@ extern "C" __attribute__((visibility("default"))) const fp_kcuda_api_t *fp_kcuda
         .sampled_loss_dlogits = fp_kcuda_sampled_loss_dlogits,
         .sampled_scores_bwd = fp_kcuda_sampled_scores_bwd,
         .adam = fp_kcuda_adam,
-        .scale_rows = fp_kcuda_scale_rows
+        .scale_rows = fp_kcuda_scale_rows,
+        .user_sqnorms = fp_kcuda_user_sqnorms,
+        .user_colsums = fp_kcuda_user_colsums,
+        .linear_user_sqnorms = fp_kcuda_linear_user_sqnorms,
+        .embed_user_sqnorms = fp_kcuda_embed_user_sqnorms
     };
     return version == FP_KCUDA_API_VERSION ? &api : NULL;
 }

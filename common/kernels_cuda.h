@@ -68,9 +68,18 @@ typedef struct {
     int (*adam)(float *p, const float *g, float *m, float *v, size_t n, float lr, float b1, float b2, float eps,
                 double bc1, double bc2);
     int (*scale_rows)(float *x, const float *s, int n, int C);
+    int (*user_sqnorms)(double *acc, const float *x, const int32_t *off, int U, int C);
+    int (*user_colsums)(float *sum, float *sumx, const float *x, const float *in, const float *mean, const float *rstd,
+                        const int32_t *off, int U, int C);
+    /* no scratch on the GPU; n_out <= 4 */
+    int (*linear_user_sqnorms)(double *acc, const float *in, const float *const *dout, int n_out, const int32_t *off,
+                               int U, int C, int OC);
+    int (*embed_user_sqnorms)(double *acc, const float *dx, const int32_t *ids, float scale, const int32_t *off,
+                              const float *dz, const float *h, const int32_t *items, const int32_t *loff, int U, int S,
+                              int C);
 } fp_kcuda_api_t;
 
-#define FP_KCUDA_API_VERSION 1
+#define FP_KCUDA_API_VERSION 2
 /* The module's one exported symbol: its table, or NULL when built for another
  * API version. */
 typedef const fp_kcuda_api_t *(*fp_kcuda_api_fn)(int version);

@@ -498,6 +498,77 @@ static void test_sampled_loss(void **state)
     free(h), free(emb), free(items);
 }
 
+/* DP-SGD's per-user norms: the GPU's ghost norms (always the Gram form) and pairwise tied-embedding
+ * norms against the CPU's (ghost or materialised per user; per-item summed rows). */
+static void test_user_norms(void **state)
+{
+    (void)state;
+    NEED_GPU();
+    enum { U = 30, C = 24, OC = 20, S = 3, V = 15 };
+    int32_t off[U + 1], loff[U + 1];
+    off[0] = loff[0] = 0;
+    for (int u = 0; u < U; u++) {
+        off[u + 1] = off[u] + (int32_t)fp_rng_below(&g_rng, u % 4 == 0 ? 41 : 9); /* some empty, some > C */
+        loff[u + 1] = loff[u] + (off[u + 1] - off[u]);
+    }
+    const int N = off[U], NL = loff[U];
+    float *x = hrand((size_t)N * C, 1), *in = hrand((size_t)N * C, 1), *mean = hrand(N, 0.1), *rstd = hrand(N, 1);
+    float *g[3] = {hrand((size_t)N * OC, 1), hrand((size_t)N * OC, 1), hrand((size_t)N * OC, 1)};
+    float *dz = hrand((size_t)NL * S, 1), *h = hrand((size_t)NL * C, 1);
+    int32_t *ids = malloc((N + 1) * sizeof *ids), *items = malloc(((size_t)NL * S + 1) * sizeof *items);
+    assert_true(ids && items);
+    for (int i = 0; i < N; i++) /* few items: many repeats within a user; 0 = padding */
+        ids[i] = (int32_t)fp_rng_below(&g_rng, V);
+    for (int i = 0; i < NL * S; i++)
+        items[i] = (int32_t)fp_rng_below(&g_rng, V);
+    double accc[U], accg[U];
+    for (int u = 0; u < U; u++)
+        accc[u] = accg[u] = 0.5 * u; /* they add */
+    float *sc = calloc((size_t)U * C, sizeof *sc), *sxc = calloc((size_t)U * C, sizeof *sxc);
+    const int nt = fp_k_threads();
+    const size_t lin = fp_k_linear_user_sqnorms_scratch(45, C, OC);
+    const size_t emb = fp_k_embed_user_sqnorms_scratch(V, 45, 45, S, C);
+    float *lsc = malloc((size_t)nt * lin * sizeof *lsc);
+    char *esc = malloc((size_t)nt * emb);
+    assert_true(sc && sxc && lsc && esc);
+    memset(esc, 0xff, (size_t)nt * emb);
+    use(FP_K_DEVICE_CUDA);
+    float *d_x = dcopy(x, (size_t)N * C * 4), *d_in = dcopy(in, (size_t)N * C * 4), *d_mean = dcopy(mean, N * 4);
+    float *d_rstd = dcopy(rstd, N * 4), *d_dz = dcopy(dz, (size_t)NL * S * 4), *d_h = dcopy(h, (size_t)NL * C * 4);
+    float *d_g[3];
+    for (int k = 0; k < 3; k++)
+        d_g[k] = dcopy(g[k], (size_t)N * OC * 4);
+    int32_t *d_off = dcopy(off, sizeof off), *d_loff = dcopy(loff, sizeof loff);
+    int32_t *d_ids = dcopy(ids, (size_t)N * 4), *d_items = dcopy(items, (size_t)NL * S * 4);
+    double *d_acc = dcopy(accg, sizeof accg);
+    float *d_s = dcopy(sc, (size_t)U * C * 4), *d_sx = dcopy(sxc, (size_t)U * C * 4);
+    const float *dg[3] = {d_g[0], d_g[1], d_g[2]}, *hg[3] = {g[0], g[1], g[2]};
+    fp_k_user_sqnorms(d_acc, d_x, d_off, U, C);
+    fp_k_user_colsums(d_s, d_sx, d_x, d_in, d_mean, d_rstd, d_off, U, C);
+    fp_k_linear_user_sqnorms(d_acc, d_in, dg, 3, d_off, U, C, OC, NULL);
+    fp_k_embed_user_sqnorms(d_acc, d_x, d_ids, 3.0f, d_off, d_dz, d_h, d_items, d_loff, U, V, 45, 45, S, C, NULL);
+    assert_int_equal(fp_k_take_error(), FP_OK);
+    use(FP_K_DEVICE_CPU);
+    fp_k_user_sqnorms(accc, x, off, U, C);
+    fp_k_user_colsums(sc, sxc, x, in, mean, rstd, off, U, C);
+    fp_k_linear_user_sqnorms(accc, in, hg, 3, off, U, C, OC, lsc);
+    fp_k_embed_user_sqnorms(accc, x, ids, 3.0f, off, dz, h, items, loff, U, V, 45, 45, S, C, esc);
+    for (int u = 0; u < U; u++) {
+        if (getenv("FP_TEST_VERBOSE"))
+            print_message("user %d (%d rows): gpu %.12g cpu %.12g\n", u, off[u + 1] - off[u], d_acc[u], accc[u]);
+        assert_true(fabs(d_acc[u] - accc[u]) <= 1e-5 * fabs(accc[u]));
+    }
+    assert_int_equal(cmp("user colsums", d_s, sc, (size_t)U * C, RED), 0);
+    assert_int_equal(cmp("user colsums x xhat", d_sx, sxc, (size_t)U * C, RED), 0);
+    void *dev[] = {d_x, d_in, d_mean, d_rstd, d_dz, d_h, d_g[0], d_g[1], d_g[2], d_off, d_loff, d_ids, d_items,
+                   d_acc, d_s, d_sx};
+    for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+        fp_k_free(dev[i]);
+    void *host[] = {x, in, mean, rstd, g[0], g[1], g[2], dz, h, ids, items, sc, sxc, lsc, esc};
+    for (size_t i = 0; i < sizeof host / sizeof host[0]; i++)
+        free(host[i]);
+}
+
 /* ------------------------------------------------------------------ whole steps */
 
 enum { SB = 24, ST = 20, SI = 100 };
@@ -617,7 +688,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_select), cmocka_unit_test(test_sgemm_linear), cmocka_unit_test(test_layernorm),
         cmocka_unit_test(test_elementwise),   cmocka_unit_test(test_embed_gather), cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_sampled_loss),  cmocka_unit_test(test_step_parity),
+        cmocka_unit_test(test_sampled_loss),  cmocka_unit_test(test_user_norms), cmocka_unit_test(test_step_parity),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }
