@@ -134,6 +134,20 @@ static int select_device(const char *cmd, const char *dev)
     return 0;
 }
 
+/* train's --FLAG VALUE naming one of two choices: *out = 0 or 1 (unchanged without VALUE).
+ * Returns 0, or 2 after saying what is wrong (a usage error). */
+static int two_way(const char *flag, const char *val, const char *name0, const char *name1, int *out)
+{
+    if (!val)
+        return 0;
+    if (!strcmp(val, name0) || !strcmp(val, name1)) {
+        *out = !strcmp(val, name1);
+        return 0;
+    }
+    fprintf(stderr, "fedprof-client train: error: --%s: '%s' is not %s or %s\n", flag, val, name0, name1);
+    return 2;
+}
+
 /* ---- train ---- */
 static int cmd_train(int argc, char **argv)
 {
@@ -231,26 +245,14 @@ static int cmd_train(int argc, char **argv)
     if (dp_clip > 0) cfg.dp.clip = dp_clip;
     if (dp_delta > 0) cfg.dp.delta = dp_delta;
     if (no_dp) cfg.dp.unit = FP_DP_UNIT_NONE;
-    if (loss) {
-        if (!strcmp(loss, "bce"))
-            cfg.model.loss = FP_LOSS_BCE;
-        else if (!strcmp(loss, "sampled_softmax"))
-            cfg.model.loss = FP_LOSS_SAMPLED_SOFTMAX;
-        else {
-            fprintf(stderr, "fedprof-client train: error: --loss: '%s' is not bce or sampled_softmax\n", loss);
-            return 2;
-        }
-    }
-    if (block) {
-        if (!strcmp(block, "prenorm"))
-            cfg.model.block = FP_BLOCK_PRENORM;
-        else if (!strcmp(block, "sasrec"))
-            cfg.model.block = FP_BLOCK_SASREC;
-        else {
-            fprintf(stderr, "fedprof-client train: error: --block: '%s' is not prenorm or sasrec\n", block);
-            return 2;
-        }
-    }
+    int v = (int)cfg.model.loss; /* FP_LOSS_BCE = 0, FP_LOSS_SAMPLED_SOFTMAX = 1 */
+    if (two_way("loss", loss, "bce", "sampled_softmax", &v))
+        return 2;
+    cfg.model.loss = (fp_loss_kind)v;
+    v = (int)cfg.model.block; /* FP_BLOCK_PRENORM = 0, FP_BLOCK_SASREC = 1 */
+    if (two_way("block", block, "prenorm", "sasrec", &v))
+        return 2;
+    cfg.model.block = (fp_block_kind)v;
     if (cfg.model.loss == FP_LOSS_BCE && negatives <= 0)
         cfg.model.n_neg = 1;
     if (parse_format(format, &cfg.data.format) != FP_OK)
