@@ -12,6 +12,8 @@
 #include "dp/noise.h"
 
 #include <math.h>
+#include <stddef.h>
+#include <pthread.h>
 #include <stdlib.h>
 #include <string.h>
 
@@ -252,8 +254,8 @@ static void table_build(fp_dp_dgauss_t *p)
         lw++;
     t->log2w = lw;
     enum { NB = FP_DP_DGAUSS_BINS };
-    static _Thread_local __float128 q[NB];
-    static _Thread_local uint16_t small[NB], large[NB];
+    __float128 q[NB]; /* 40 KB of stack, once per σ */
+    uint16_t small[NB], large[NB];
     __float128 sum = 0;
     for (int b = 0; b < NB; b++) {
         __float128 z = (__float128)((uint64_t)b << lw);
@@ -306,53 +308,63 @@ fp_status fp_dp_dgauss_init_rational(fp_dp_dgauss_t *g, uint64_t num, uint64_t d
     uint64_t d = gcd64(num, den);
     num /= d;
     den /= d;
-    fp_dp_dgauss_t p;
-    memset(&p, 0, sizeof p);
-    p.num = num;
-    p.den = den;
+    if (num >= den && num > NUM_MAX)
+        return FP_FAIL(FP_ERR_RANGE, "dgauss: sigma^2 = %llu/%llu: numerator above 2^60 (sigma <= 2^30)",
+                       (unsigned long long)num, (unsigned long long)den);
+    if (num < den && den > SMALL_DEN_MAX)
+        return FP_FAIL(FP_ERR_RANGE, "dgauss: sigma^2 = %llu/%llu < 1 needs a denominator <= 2^31",
+                       (unsigned long long)num, (unsigned long long)den);
+    /* Written in place (the table makes the struct 37 KB: no copy on the stack); the table
+     * itself only when σ is large enough to use it. */
+    fp_dp_dgauss_t *p = g;
+    memset(p, 0, offsetof(fp_dp_dgauss_t, table));
+    p->num = num;
+    p->den = den;
     if (num >= den) {
-        if (num > NUM_MAX)
-            return FP_FAIL(FP_ERR_RANGE, "dgauss: sigma^2 = %llu/%llu: numerator above 2^60 (sigma <= 2^30)",
-                           (unsigned long long)num, (unsigned long long)den);
-        p.small = 0;
-        p.m = isqrt64(num / den); /* ⌊σ⌋ = ⌊√⌊σ²⌋⌋ */
+        p->small = 0;
+        p->m = isqrt64(num / den); /* ⌊σ⌋ = ⌊√⌊σ²⌋⌋ */
         /* Proposal DLap(σ²/m): then σ²/scale = m and the acceptance exponent has denominator 2·num.
          * den·m ≤ den·σ = √(num·den) ≤ num ≤ 2^60. */
-        p.lap_t = num;
-        p.lap_s = den * p.m;
-        p.tmax = TRUNC_FACTOR * (p.m + 1);
-        p.acc_den = 2 * num;
+        p->lap_t = num;
+        p->lap_s = den * p->m;
+        p->tmax = TRUNC_FACTOR * (p->m + 1);
+        p->acc_den = 2 * num;
     } else {
-        if (den > SMALL_DEN_MAX)
-            return FP_FAIL(FP_ERR_RANGE, "dgauss: sigma^2 = %llu/%llu < 1 needs a denominator <= 2^31",
-                           (unsigned long long)num, (unsigned long long)den);
-        p.small = 1; /* CKS's t = ⌊σ⌋ + 1 = 1: proposal DLap(1), centre σ²/t = σ² */
-        p.m = 0;
-        p.lap_t = 1;
-        p.lap_s = 1;
-        p.tmax = TRUNC_FACTOR;
-        p.acc_den = 2 * num * den;
+        p->small = 1; /* CKS's t = ⌊σ⌋ + 1 = 1: proposal DLap(1), centre σ²/t = σ² */
+        p->m = 0;
+        p->lap_t = 1;
+        p->lap_s = 1;
+        p->tmax = TRUNC_FACTOR;
+        p->acc_den = 2 * num * den;
     }
     /* V > vmax ⇒ lap_t·V / lap_s > tmax + 1 ⇒ Y > tmax: stop the geometric loop early. */
-    u128 vm = (u128)(p.tmax + 1) * p.lap_s / p.lap_t + 1;
-    p.vmax = vm > UINT64_MAX / 2 ? UINT64_MAX / 2 : (uint64_t)vm;
-    p.vfit = (UINT64_MAX - p.lap_t) / p.lap_t;
-    *g = p;
+    u128 vm = (u128)(p->tmax + 1) * p->lap_s / p->lap_t + 1;
+    p->vmax = vm > UINT64_MAX / 2 ? UINT64_MAX / 2 : (uint64_t)vm;
+    p->vfit = (UINT64_MAX - p->lap_t) / p->lap_t;
     if (num >= den && num / den >= (uint64_t)(FP_DP_DGAUSS_TABLE_MIN * FP_DP_DGAUSS_TABLE_MIN)) {
         /* Building costs ~1.6 ms (2048 expq), a tenth of a DP-SGD step's noise, for a table that
-         * depends only on σ (nothing secret): this thread's last one is reused for the same σ². */
-        static _Thread_local struct {
+         * depends only on σ (nothing secret): the last one built is reused for the same σ². One
+         * process-wide copy under a mutex (a thread-local one would give every thread of the
+         * process, gRPC's included, 37 KB of TLS). */
+        static pthread_mutex_t mu = PTHREAD_MUTEX_INITIALIZER;
+        static struct {
             uint64_t num, den;
             fp_dp_dgauss_table_t table;
         } last;
-        if (last.den != 0 && last.num == num && last.den == den) {
+        pthread_mutex_lock(&mu);
+        int hit = last.den != 0 && last.num == num && last.den == den;
+        if (hit)
             g->table = last.table;
+        pthread_mutex_unlock(&mu);
+        if (hit) {
             g->table_on = 1;
         } else {
             table_build(g);
+            pthread_mutex_lock(&mu);
             last.table = g->table;
             last.num = num;
             last.den = den;
+            pthread_mutex_unlock(&mu);
         }
     }
     return FP_OK;
