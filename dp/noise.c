@@ -65,10 +65,11 @@ static inline fp_status src_u64(src_t *s, uint64_t *x)
         TRY(fp_csprng_bytes(s->r, s->buf, SRC_BYTES));
         s->pos = 0;
     }
-    const uint8_t *p = s->buf + s->pos;
-    uint64_t v = 0;
-    for (int i = 7; i >= 0; i--) /* little-endian, as fp_csprng_u64: the same on every host */
-        v = v << 8 | p[i];
+    uint64_t v;
+    memcpy(&v, s->buf + s->pos, 8); /* one load; read as little-endian, as fp_csprng_u64, on every host */
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+    v = __builtin_bswap64(v);
+#endif
     memset(s->buf + s->pos, 0, 8);
     s->pos += 8;
     *x = v;
@@ -146,9 +147,8 @@ static inline fp_status bern_frac_k(src_t *s, uint64_t num, uint64_t den, uint64
 
 /* Bernoulli(exp(−num/den)) for 0 ≤ num ≤ den (CKS Algorithm 1, γ ∈ [0,1]): draw A_k ~
  * Bernoulli(γ/k) for k = 1, 2, ... until the first 0; P(first 0 at an odd k) = exp(−γ). */
-static fp_status bern_exp_le1(src_t *s, uint64_t num, uint64_t den, int *out)
+static fp_status bern_exp_le1_from(src_t *s, uint64_t num, uint64_t den, uint64_t k, int *out)
 {
-    uint64_t k = 1;
     for (;;) {
         int a;
         TRY(bern_frac_k(s, num, den, k, &a));
@@ -158,6 +158,12 @@ static fp_status bern_exp_le1(src_t *s, uint64_t num, uint64_t den, int *out)
     }
     *out = (int)(k & 1);
     return FP_OK;
+}
+
+/* The same from k = 1; bern_exp_le1_from(k) continues after trials 1..k−1 all came out 1. */
+static fp_status bern_exp_le1(src_t *s, uint64_t num, uint64_t den, int *out)
+{
+    return bern_exp_le1_from(s, num, den, 1, out);
 }
 
 /* Bernoulli(exp(−1)): the γ = 1 case with Bernoulli(1/k) draws. */
@@ -459,8 +465,16 @@ static fp_status dgauss_table(const fp_dp_dgauss_t *p, src_t *s, int64_t *z)
         /* accept with exp(−(y² − lo²)/(2σ²)) = exp(−off·(2lo + off)·den / (2·num)) */
         const u128 N = (u128)off * (2 * lo + off) * p->den;
         int acc = 1;
-        if (N)
+        if (N >= p->acc_den) { /* γ ≥ 1: the last bins' far ends only */
             TRY(bern_exp_wide(s, N, p->acc_den, &acc));
+        } else if (N) {
+            /* Algorithm 1's first trial, Bernoulli(γ), inline: a 0 (the usual case, γ < 0.05 on
+             * average) accepts at once; a 1 continues the trials from k = 2 */
+            uint64_t u;
+            TRY(src_below(s, p->acc_den, &u));
+            if (u < (uint64_t)N)
+                TRY(bern_exp_le1_from(s, (uint64_t)N, p->acc_den, 2, &acc));
+        }
         if (!acc)
             continue;
         *z = neg ? -(int64_t)y : (int64_t)y;
