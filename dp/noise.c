@@ -437,25 +437,32 @@ double fp_dp_dgauss_sigma2(const fp_dp_dgauss_t *g)
 
 /* ---- sampling (CKS Algorithms 2 and 3) ---- */
 
-/* The table sampler (noise.h): one word gives the column (top 11 bits), the sign (bit 52) and
- * the offset (the low log2w ≤ 25 bits); a second decides the column against its 128-bit threshold
- * (a third only on a tie of the high words); then the exact in-bin acceptance. */
+/* The table sampler (noise.h): one word gives the column (top 11 bits), the sign (bit 52), the
+ * offset (the low log2w ≤ 25 bits) and, in between, the top bits of the uniform that decides the
+ * column against its 128-bit threshold; then the exact in-bin acceptance. */
 static fp_status dgauss_table(const fp_dp_dgauss_t *p, src_t *s, int64_t *z)
 {
     const fp_dp_dgauss_table_t *t = &p->table;
     const unsigned lw = t->log2w;
+    /* x's bits between the sign and the offset, k = 52 − log2w ≥ 27 of them, are the top bits of
+     * the 128-bit uniform U compared with the column's threshold T: they decide unless they equal
+     * T's top k bits (probability 2^−k), and only then are U's other 128 − k bits drawn. */
+    const unsigned k = 52 - lw;
     for (;;) {
-        uint64_t x, h;
+        uint64_t x;
         TRY(src_u64(s, &x));
-        TRY(src_u64(s, &h));
         unsigned c = (unsigned)(x >> 53); /* 11 bits: FP_DP_DGAUSS_BINS = 2048 */
+        const uint64_t u_top = (x >> lw) & (((uint64_t)1 << k) - 1), t_top = t->thr_hi[c] >> (64 - k);
         int keep;
-        if (h != t->thr_hi[c]) {
-            keep = h < t->thr_hi[c];
+        if (u_top != t_top) {
+            keep = u_top < t_top;
         } else {
-            uint64_t l;
+            uint64_t h, l;
+            TRY(src_u64(s, &h));
             TRY(src_u64(s, &l));
-            keep = l < t->thr_lo[c];
+            const u128 t_rest = (((u128)t->thr_hi[c] << 64 | t->thr_lo[c]) << k) >> k; /* T's low 128 − k */
+            const u128 u_rest = ((u128)h << 64 | l) >> k;                              /* 128 − k uniform bits */
+            keep = u_rest < t_rest;
         }
         const uint64_t b = keep ? c : t->alias[c];
         const int neg = (int)((x >> 52) & 1);
