@@ -16,7 +16,7 @@
  * den ≤ num ≤ 2^60; for σ < 1, num < den ≤ 2^31. Every intermediate product is bounded by these
  * limits to fit 64 bits (128 bits in two places, where noted), so nothing can overflow.
  *
- * For σ ≥ FP_DP_DGAUSS_TABLE_MIN a table sampler replaces (1), 4-6× faster, with the two stated
+ * For σ ≥ FP_DP_DGAUSS_TABLE_MIN a table sampler replaces (1), about 9× faster, with the two stated
  * departures from exactness described at fp_dp_dgauss_table_t below (TV ≤ 2^−96 per sample,
  * truncation at 32σ).
  *
@@ -48,8 +48,8 @@
  * σ/64, covering [0, 32σ) at least): a bin b with probability ∝ exp(−(bW)²/(2σ²)) from an alias
  * table, an offset uniform in [0, W), then the proposal z = bW + offset is accepted with the
  * exact Bernoulli(exp(−(z² − (bW)²)/(2σ²))) of CKS Algorithm 1 (an exponent below 0.05: usually
- * one trial), and a random sign (−0 refused). About 4 random words and a few predictable
- * branches per sample instead of CKS's ~20 coin-flip decisions: 4-6× faster (docs/BENCHMARKS.md).
+ * one trial), and a random sign (−0 refused). About 2 random words and a few predictable
+ * branches per sample instead of CKS's ~20 coin-flip decisions: about 9× faster (docs/BENCHMARKS.md).
  * Its departures from the exact N_Z(0, σ²), both stated for the accountant: (1) the bin
  * probabilities are computed in 113-bit floating point (libquadmath) and held as 128-bit integer
  * thresholds, which puts the output within total-variation distance 2^−96 of the exact
