@@ -198,13 +198,14 @@ void fp_k_user_colsums(float *sum, float *sumx, const float *x, const float *in,
                        const float *rstd, const int32_t *off, int U, int C);
 /* Squared Frobenius norms of per-user weight gradients of n_out linear layers that share their
  * input in [N x C] (y_k = in W_k, W_k [C x OC]; Wq, Wk, Wv share one): with X = user u's rows of
- * in and G_k its rows of dout[k] [N x OC], acc[u] += sum_k ||X^T G_k||_F^2. Per user, whichever
+ * in and G_k its rows of dout[k] [N x OC], acc[u] += sum_k ||X^T G_k||_F^2, plus, when with_bias,
+ * the biases' sum_k ||column sums of G_k||^2 (a bias is a weight on a constant input 1). Per user, whichever
  * is cheaper: the ghost norm <X X^T, G_k G_k^T> (two [L x L] Gram matrices, L^2 (C + n_out OC)
  * multiply-adds) or the materialised [C x OC] product (n_out L C OC). scratch: fp_k_threads() x
- * fp_k_linear_user_sqnorms_scratch(longest user, C, OC) floats (at most max(2 C^2, C OC)). */
+ * fp_k_linear_user_sqnorms_scratch(longest user, C, OC) floats (at most max(2 C^2, C OC) + OC). */
 size_t fp_k_linear_user_sqnorms_scratch(int max_len, int C, int OC);
 void fp_k_linear_user_sqnorms(double *acc, const float *in, const float *const *dout, int n_out, const int32_t *off,
-                              int U, int C, int OC, float *scratch);
+                              int U, int C, int OC, int with_bias, float *scratch);
 /* The tied item embedding's per-user gradient norm. User u's gradient has rows scale * dx[t] at
  * ids[t] for its tokens t in [off[u], off[u+1]) (the input lookup) and dz[v][j] * h[v] at
  * items[v][j] for its loss rows v in [loff[u], loff[u+1]), j < S (the output scores); rows of

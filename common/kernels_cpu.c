@@ -1189,13 +1189,13 @@ size_t fp_k_linear_user_sqnorms_scratch(int max_len, int C, int OC)
      * [L x L] Gram matrices never need more than 2 C^2 floats, whatever maxlen is. */
     size_t L = (size_t)(max_len < C ? max_len : C);
     size_t ghost = 2 * L * L, mat = (size_t)C * (size_t)OC;
-    return ghost > mat ? ghost : mat;
+    return (ghost > mat ? ghost : mat) + (size_t)OC; /* + the bias's column sums */
 }
 
 void fp_k_linear_user_sqnorms(double *acc, const float *in, const float *const *dout, int n_out, const int32_t *off,
-                              int U, int C, int OC, float *scratch)
+                              int U, int C, int OC, int with_bias, float *scratch)
 {
-    ON_GPU(linear_user_sqnorms, acc, in, dout, n_out, off, U, C, OC);
+    ON_GPU(linear_user_sqnorms, acc, in, dout, n_out, off, U, C, OC, with_bias);
     int max_len = 0;
     for (int u = 0; u < U; u++)
         max_len = off[u + 1] - off[u] > max_len ? off[u + 1] - off[u] : max_len;
@@ -1213,6 +1213,9 @@ void fp_k_linear_user_sqnorms(double *acc, const float *in, const float *const *
         if ((double)L * (C + (double)n_out * OC) < (double)n_out * C * OC) {
             float *A = sc, *B = sc + (size_t)L * L; /* lower triangles: L (L + 1) / 2 each */
             gram_lower(A, X, L, C, C);
+            if (with_bias) /* the bias is a weight on a constant input 1: <x_t, x_t'> + 1 */
+                for (int i = 0; i < L * (L + 1) / 2; i++)
+                    A[i] += 1.0f;
             for (int k = 0; k < n_out; k++) {
                 gram_lower(B, dout[k] + (size_t)off[u] * OC, L, OC, OC);
                 s += gram_dot(A, B, L);
@@ -1222,6 +1225,15 @@ void fp_k_linear_user_sqnorms(double *acc, const float *in, const float *const *
                 const float *G = dout[k] + (size_t)off[u] * OC;
                 sgemm1(1, 0, C, OC, L, 1.0f, X, C, G, OC, 0.0f, sc, OC);
                 s += sumsq_d(sc, (size_t)C * OC);
+                if (with_bias) { /* the bias's gradient: the column sums of G */
+                    float *cs = sc + (size_t)C * OC;
+                    for (int c = 0; c < OC; c++)
+                        cs[c] = 0.0f;
+                    for (int t = 0; t < L; t++)
+                        for (int c = 0; c < OC; c++)
+                            cs[c] += G[(size_t)t * OC + c];
+                    s += sumsq_d(cs, (size_t)OC);
+                }
             }
         }
         acc[u] += s;

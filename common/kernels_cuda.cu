@@ -1050,17 +1050,18 @@ typedef struct {
     const float *d[4];
 } douts_t;
 
-/* One block per user, the ghost norm: acc[u] += sum_k sum_{t,t'} <x_t, x_t'> <g_kt, g_kt'> over the
- * user's rows (each unordered pair twice, the diagonal once), which is sum_k ||X^T G_k||_F^2. */
+/* One block per user, the ghost norm: acc[u] += sum_k sum_{t,t'} (<x_t, x_t'> + bias) <g_kt, g_kt'>
+ * over the user's rows (each unordered pair twice, the diagonal once), which is sum_k ||X^T G_k||_F^2
+ * plus, with bias = 1, the biases' squared norms. */
 __global__ void k_linear_user_sqnorms(double *acc, const float *in, douts_t g, int n_out, const int32_t *off, int C,
-                                      int OC)
+                                      int OC, float bias)
 {
     const int u = blockIdx.x, r0 = off[u], L = off[u + 1] - off[u];
     double s = 0.0;
     for (int t = 0; t < L; t++)
         for (int tp = threadIdx.x; tp <= t; tp += blockDim.x) {
             const float *xa = in + (size_t)(r0 + t) * C, *xb = in + (size_t)(r0 + tp) * C;
-            float xx = 0.0f;
+            float xx = bias; /* 1 with the biases: a weight on a constant input 1 */
             for (int c = 0; c < C; c++)
                 xx += xa[c] * xb[c];
             double gg = 0.0;
@@ -1147,7 +1148,7 @@ static int fp_kcuda_user_colsums(float *sum, float *sumx, const float *x, const 
 }
 
 static int fp_kcuda_linear_user_sqnorms(double *acc, const float *in, const float *const *dout, int n_out,
-                                        const int32_t *off, int U, int C, int OC)
+                                        const int32_t *off, int U, int C, int OC, int with_bias)
 {
     if (n_out < 1 || n_out > 4 || !all_ok({acc, in, off}))
         return 0;
@@ -1158,7 +1159,7 @@ static int fp_kcuda_linear_user_sqnorms(double *acc, const float *in, const floa
         g.d[k] = dout[k];
     }
     if (U > 0)
-        k_linear_user_sqnorms<<<U, 256>>>(acc, in, g, n_out, off, C, OC);
+        k_linear_user_sqnorms<<<U, 256>>>(acc, in, g, n_out, off, C, OC, with_bias ? 1.0f : 0.0f);
     DONE();
     return 1;
 }

@@ -73,13 +73,13 @@ typedef struct {
                         const int32_t *off, int U, int C);
     /* no scratch on the GPU; n_out <= 4 */
     int (*linear_user_sqnorms)(double *acc, const float *in, const float *const *dout, int n_out, const int32_t *off,
-                               int U, int C, int OC);
+                               int U, int C, int OC, int with_bias);
     int (*embed_user_sqnorms)(double *acc, const float *dx, const int32_t *ids, float scale, const int32_t *off,
                               const float *dz, const float *h, const int32_t *items, const int32_t *loff, int U, int S,
                               int C);
 } fp_kcuda_api_t;
 
-#define FP_KCUDA_API_VERSION 2
+#define FP_KCUDA_API_VERSION 3
 /* The module's one exported symbol: its table, or NULL when built for another
  * API version. */
 typedef const fp_kcuda_api_t *(*fp_kcuda_api_fn)(int version);

@@ -782,11 +782,7 @@ static fp_status dp_alloc(fp_model_t *m)
 static void dp_linear_norms(fp_model_t *m, const float *in, const float *const *dout, int n_out)
 {
     const int C = m->cfg.dim;
-    fp_k_linear_user_sqnorms(m->dp_n2, in, dout, n_out, m->off, m->U, C, C, m->dp_lin);
-    for (int k = 0; k < n_out; k++) {
-        fp_k_user_colsums(m->dp_ub, NULL, dout[k], NULL, NULL, NULL, m->off, m->U, C);
-        fp_k_user_sqnorms(m->dp_n2, m->dp_ub, m->dp_ident, m->U, C);
-    }
+    fp_k_linear_user_sqnorms(m->dp_n2, in, dout, n_out, m->off, m->U, C, C, 1, m->dp_lin); /* weights + biases */
 }
 
 /* acc += squared norms of the per-user gradients of a LayerNorm's gain and bias, given its output

@@ -545,13 +545,13 @@ static void test_user_norms(void **state)
     const float *dg[3] = {d_g[0], d_g[1], d_g[2]}, *hg[3] = {g[0], g[1], g[2]};
     fp_k_user_sqnorms(d_acc, d_x, d_off, U, C);
     fp_k_user_colsums(d_s, d_sx, d_x, d_in, d_mean, d_rstd, d_off, U, C);
-    fp_k_linear_user_sqnorms(d_acc, d_in, dg, 3, d_off, U, C, OC, NULL);
+    fp_k_linear_user_sqnorms(d_acc, d_in, dg, 3, d_off, U, C, OC, 1, NULL);
     fp_k_embed_user_sqnorms(d_acc, d_x, d_ids, 3.0f, d_off, d_dz, d_h, d_items, d_loff, U, V, 45, 45, S, C, NULL);
     assert_int_equal(fp_k_take_error(), FP_OK);
     use(FP_K_DEVICE_CPU);
     fp_k_user_sqnorms(accc, x, off, U, C);
     fp_k_user_colsums(sc, sxc, x, in, mean, rstd, off, U, C);
-    fp_k_linear_user_sqnorms(accc, in, hg, 3, off, U, C, OC, lsc);
+    fp_k_linear_user_sqnorms(accc, in, hg, 3, off, U, C, OC, 1, lsc);
     fp_k_embed_user_sqnorms(accc, x, ids, 3.0f, off, dz, h, items, loff, U, V, 45, 45, S, C, esc);
     for (int u = 0; u < U; u++) {
         if (getenv("FP_TEST_VERBOSE"))
