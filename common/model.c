@@ -623,7 +623,7 @@ static void backward_from_dhl(fp_model_t *m)
             fp_k_linear_bwd(m->s2, G + o->wk, G + o->bk, m->dk, x, P + o->wk, N, C, C, 0);
             fp_k_linear_bwd(m->s2, G + o->wv, G + o->bv, m->dv, x, P + o->wv, N, C, C, 1);
             fp_k_add_mul(m->s1, m->s1, m->dres, NULL, NC);
-            memcpy(m->dres, m->s2, NC * sizeof *m->dres);
+            fp_k_copy(m->dres, m->s2, NC);
         }
         fp_k_layernorm_bwd(m->dres, G + o->ln1g, G + o->ln1b, m->s1, x, P + o->ln1g, a->ln1_mu, a->ln1_rs, N,
                            C); /* dres is now d x */
