@@ -37,9 +37,21 @@
         if (api_ && fp_k_device_current() == FP_K_DEVICE_CUDA && api_->fn(__VA_ARGS__))                              \
             return;                                                                                                  \
     } while (0)
+/* The same for a kernel that returns a double: the module's entry writes it through its first
+ * argument. */
+#define ON_GPU_RET(fn, ...)                                                                                          \
+    do {                                                                                                             \
+        const fp_kcuda_api_t *api_ = fp_kcuda();                                                                     \
+        double r_;                                                                                                   \
+        if (api_ && fp_k_device_current() == FP_K_DEVICE_CUDA && api_->fn(&r_, __VA_ARGS__))                         \
+            return r_;                                                                                               \
+    } while (0)
 #else
 #define ON_GPU(fn, ...) \
     do {                \
+    } while (0)
+#define ON_GPU_RET(fn, ...) \
+    do {                    \
     } while (0)
 #endif
 
@@ -806,13 +818,7 @@ static inline float dotf(const float *a, const float *b, int C)
 double fp_k_sampled_loss_fwd(float *logits, const float *h, const int32_t *items, const float *emb, int n, int S,
                              int C, int kind)
 {
-#ifdef FEDPROF_HAVE_CUDA
-    double r;
-    const fp_kcuda_api_t *api = fp_kcuda();
-    if (api && fp_k_device_current() == FP_K_DEVICE_CUDA &&
-        api->sampled_loss_fwd(&r, logits, h, items, emb, n, S, C, kind))
-        return r;
-#endif
+    ON_GPU_RET(sampled_loss_fwd, logits, h, items, emb, n, S, C, kind);
     double total = 0.0;
     int nt = team_for((size_t)n * S * C / 4, n);
 #pragma omp parallel for num_threads(nt) schedule(static) reduction(+ : total)
@@ -844,58 +850,9 @@ double fp_k_sampled_loss_fwd(float *logits, const float *h, const int32_t *items
 void fp_k_sampled_loss_bwd(float *dh, float *demb, float *logits, const float *h, const int32_t *items,
                            const float *emb, int n, int S, int C, int kind, float scale)
 {
-    ON_GPU(sampled_loss_bwd, dh, demb, logits, h, items, emb, n, S, C, kind, scale);
-    int nt = team_for((size_t)n * S * C / 4, n);
-#pragma omp parallel for num_threads(nt) schedule(static)
-    for (int i = 0; i < n; i++) {
-        float *z = logits + (size_t)i * S;
-        const int32_t *it = items + (size_t)i * S;
-        if (kind == FP_K_LOSS_BCE) {
-            z[0] = -sigmoidf(-z[0]) * scale; /* d softplus(-z)/dz = s(z) - 1 */
-            for (int j = 1; j < S; j++)
-                z[j] = sigmoidf(z[j]) * scale;
-        } else {
-            float mx = z[0];
-            for (int j = 1; j < S; j++)
-                mx = z[j] > mx ? z[j] : mx;
-            float s = 0.0f;
-            for (int j = 0; j < S; j++) {
-                z[j] = expf(z[j] - mx);
-                s += z[j];
-            }
-            for (int j = 0; j < S; j++)
-                z[j] = z[j] / s * scale;
-            z[0] -= scale;
-        }
-        float *g = dh + (size_t)i * C;
-        for (int c = 0; c < C; c++)
-            g[c] = 0.0f;
-        for (int j = 0; j < S; j++) {
-            const float dz = z[j];
-            const float *e = emb + (size_t)it[j] * C;
-            for (int c = 0; c < C; c++)
-                g[c] += dz * e[c];
-        }
-    }
-    /* demb rows: item id modulo the team size picks the one thread that owns a row. */
-    nt = team_for((size_t)n * S * C, 1 << 30);
-#pragma omp parallel num_threads(nt)
-    {
-        int t = omp_get_thread_num(), nth = omp_get_num_threads();
-        for (int i = 0; i < n; i++) {
-            const float *hi = h + (size_t)i * C;
-            const float *z = logits + (size_t)i * S;
-            const int32_t *it = items + (size_t)i * S;
-            for (int j = 0; j < S; j++) {
-                if (it[j] % nth != t)
-                    continue;
-                float *e = demb + (size_t)it[j] * C;
-                const float dz = z[j];
-                for (int c = 0; c < C; c++)
-                    e[c] += dz * hi[c];
-            }
-        }
-    }
+    /* the same operations in the same order as the two halves (kernels.h), so one copy of each */
+    fp_k_sampled_loss_dlogits(logits, n, S, kind, scale);
+    fp_k_sampled_scores_bwd(dh, demb, logits, h, items, emb, n, S, C);
 }
 
 void fp_k_gather_dot(float *out, const float *x, const int32_t *items, const float *emb, int n, int C)
@@ -953,23 +910,13 @@ static double sumsq_impl(float *g, const float *x, size_t n, float coef)
 
 double fp_k_sumsq_scaled_copy(float *g, const float *x, size_t n, float coef)
 {
-#ifdef FEDPROF_HAVE_CUDA
-    double r;
-    const fp_kcuda_api_t *api = fp_kcuda();
-    if (api && fp_k_device_current() == FP_K_DEVICE_CUDA && api->sumsq(&r, g, x, n, coef))
-        return r;
-#endif
+    ON_GPU_RET(sumsq, g, x, n, coef);
     return sumsq_impl(g, x, n, coef);
 }
 
 double fp_k_sumsq(const float *x, size_t n)
 {
-#ifdef FEDPROF_HAVE_CUDA
-    double r;
-    const fp_kcuda_api_t *api = fp_kcuda();
-    if (api && fp_k_device_current() == FP_K_DEVICE_CUDA && api->sumsq(&r, NULL, x, n, 0.0f))
-        return r;
-#endif
+    ON_GPU_RET(sumsq, NULL, x, n, 0.0f);
     return sumsq_impl(NULL, x, n, 0.0f);
 }
 

@@ -983,21 +983,6 @@ static int fp_kcuda_sampled_scores_bwd(float *dh, float *demb, const float *dz, 
     return 1;
 }
 
-static int fp_kcuda_sampled_loss_bwd(float *dh, float *demb, float *logits, const float *h, const int32_t *items,
-                                         const float *emb, int n, int S, int C, int kind, float scale)
-{
-    if (!all_ok({dh, demb, logits, h, items, emb}))
-        return 0;
-    if (n > 0) {
-        k_dlogits<<<blocks_for((size_t)n, 128), 128>>>(logits, n, S, kind, scale);
-        k_scores_dh<<<blocks_for((size_t)n * C, 256), 256>>>(dh, logits, items, emb, n, S, C);
-        if (demb)
-            k_scores_demb<<<blocks_for((size_t)n * S * C, 256), 256>>>(demb, logits, h, items, n, S, C);
-    }
-    DONE();
-    return 1;
-}
-
 /* ------------------------------------------------------------------ DP-SGD: per-user norms */
 
 /* Block sum of a double (blockDim.x = 256), returned to thread 0. */
@@ -1207,7 +1192,6 @@ extern "C" __attribute__((visibility("default"))) const fp_kcuda_api_t *fp_kcuda
         .attention_fwd = fp_kcuda_attention_fwd,
         .attention_bwd = fp_kcuda_attention_bwd,
         .sampled_loss_fwd = fp_kcuda_sampled_loss_fwd,
-        .sampled_loss_bwd = fp_kcuda_sampled_loss_bwd,
         .sampled_loss_dlogits = fp_kcuda_sampled_loss_dlogits,
         .sampled_scores_bwd = fp_kcuda_sampled_scores_bwd,
         .adam = fp_kcuda_adam,

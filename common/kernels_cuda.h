@@ -60,8 +60,6 @@ typedef struct {
                          const size_t *att_off, int U, int C, int H);
     int (*sampled_loss_fwd)(double *total, float *logits, const float *h, const int32_t *items, const float *emb, int n,
                             int S, int C, int kind);
-    int (*sampled_loss_bwd)(float *dh, float *demb, float *logits, const float *h, const int32_t *items,
-                            const float *emb, int n, int S, int C, int kind, float scale);
     int (*sampled_loss_dlogits)(float *logits, int n, int S, int kind, float scale);
     int (*sampled_scores_bwd)(float *dh, float *demb, const float *dz, const float *h, const int32_t *items,
                               const float *emb, int n, int S, int C);
@@ -79,7 +77,7 @@ typedef struct {
                               int C);
 } fp_kcuda_api_t;
 
-#define FP_KCUDA_API_VERSION 3
+#define FP_KCUDA_API_VERSION 4
 /* The module's one exported symbol: its table, or NULL when built for another
  * API version. */
 typedef const fp_kcuda_api_t *(*fp_kcuda_api_fn)(int version);
