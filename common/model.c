@@ -858,11 +858,11 @@ static void dp_norm_pass(fp_model_t *m)
         bk_keep(m, bk_blk(m, l, BK_FO), dfo);
         dp_linear_norms(m, a->fa, &dfo, 1);
         fp_k_sgemm(0, 1, N, C, C, 1.0f, dfo, C, P + o->w2, C, 0.0f, m->s2, C);
-        fp_k_relu_bwd(m->s2, m->s2, a->fch, drop ? a->m_relu : NULL, NC);
-        const float *dfc = m->s2;
-        bk_keep(m, bk_blk(m, l, BK_FC), dfc);
-        dp_linear_norms(m, a->ln2, &dfc, 1);
-        fp_k_sgemm(0, 1, N, C, C, 1.0f, m->s2, C, P + o->w1, C, 0.0f, m->s1, C);
+        float *dfc = bk_blk(m, l, BK_FC); /* kept: written into its slot directly */
+        fp_k_relu_bwd(dfc, m->s2, a->fch, drop ? a->m_relu : NULL, NC);
+        const float *dfc_in[1] = {dfc};
+        dp_linear_norms(m, a->ln2, dfc_in, 1);
+        fp_k_sgemm(0, 1, N, C, C, 1.0f, dfc, C, P + o->w1, C, 0.0f, m->s1, C);
         if (sr) {
             fp_k_add_mul(m->s1, m->s1, m->dres, NULL, NC);
             fp_k_zero(m->dres, NC);
@@ -879,24 +879,23 @@ static void dp_norm_pass(fp_model_t *m)
         bk_keep(m, bk_blk(m, l, BK_AO), dao);
         dp_linear_norms(m, a->atty, &dao, 1);
         fp_k_sgemm(0, 1, N, C, C, 1.0f, dao, C, P + o->wo, C, 0.0f, m->s2, C);
-        fp_k_attention_bwd(m->dq, m->dk, m->dv, m->datt, m->s2, a->att, drop_att ? a->attd : NULL, a->q, a->k, a->v,
-                           m->off, m->att_off, U, C, H, m->tmp);
-        const float *dqkv[3] = {m->dq, m->dk, m->dv};
-        bk_keep(m, bk_blk(m, l, BK_Q), m->dq);
-        bk_keep(m, bk_blk(m, l, BK_K), m->dk);
-        bk_keep(m, bk_blk(m, l, BK_V), m->dv);
+        /* q, k, v gradients: kept, written into their slots directly */
+        float *dq = bk_blk(m, l, BK_Q), *dk = bk_blk(m, l, BK_K), *dv = bk_blk(m, l, BK_V);
+        fp_k_attention_bwd(dq, dk, dv, m->datt, m->s2, a->att, drop_att ? a->attd : NULL, a->q, a->k, a->v, m->off,
+                           m->att_off, U, C, H, m->tmp);
+        const float *dqkv[3] = {dq, dk, dv};
         if (!sr) {
             dp_linear_norms(m, a->ln1, dqkv, 3);
-            fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dq, C, P + o->wq, C, 0.0f, m->s1, C);
-            fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dk, C, P + o->wk, C, 1.0f, m->s1, C);
-            fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dv, C, P + o->wv, C, 1.0f, m->s1, C);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, dq, C, P + o->wq, C, 0.0f, m->s1, C);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, dk, C, P + o->wk, C, 1.0f, m->s1, C);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, dv, C, P + o->wv, C, 1.0f, m->s1, C);
         } else { /* q from ln1, k and v from x; res1 = ln1 + ... */
             dp_linear_norms(m, a->ln1, dqkv, 1);
             dp_linear_norms(m, x, dqkv + 1, 2);
-            fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dq, C, P + o->wq, C, 0.0f, m->s1, C);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, dq, C, P + o->wq, C, 0.0f, m->s1, C);
             fp_k_add_mul(m->s1, m->s1, m->dres, NULL, NC);
-            fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dk, C, P + o->wk, C, 0.0f, m->dres, C);
-            fp_k_sgemm(0, 1, N, C, C, 1.0f, m->dv, C, P + o->wv, C, 1.0f, m->dres, C);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, dk, C, P + o->wk, C, 0.0f, m->dres, C);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, dv, C, P + o->wv, C, 1.0f, m->dres, C);
         }
         bk_keep(m, bk_blk(m, l, BK_LN1), m->s1);
         dp_layernorm_norms(m, m->s1, x, a->ln1_mu, a->ln1_rs);
