@@ -134,18 +134,15 @@ static int select_device(const char *cmd, const char *dev)
     return 0;
 }
 
-/* train's --FLAG VALUE naming one of two choices: *out = 0 or 1 (unchanged without VALUE).
- * Returns 0, or 2 after saying what is wrong (a usage error). */
-static int two_way(const char *flag, const char *val, const char *name0, const char *name1, int *out)
+/* train's --FLAG NAME for a named-choice config key (config.c holds the names); 0, or 2 after
+ * saying what is wrong (a usage error). */
+static int set_choice(fp_config_t *cfg, const char *flag, const char *section, const char *key, const char *name)
 {
-    if (!val)
-        return 0;
-    if (!strcmp(val, name0) || !strcmp(val, name1)) {
-        *out = !strcmp(val, name1);
-        return 0;
+    if (name && fp_config_set_enum(cfg, section, key, name) != FP_OK) {
+        fprintf(stderr, "fedprof-client train: error: --%s: %s\n", flag, fp_error_message());
+        return 2;
     }
-    fprintf(stderr, "fedprof-client train: error: --%s: '%s' is not %s or %s\n", flag, val, name0, name1);
-    return 2;
+    return 0;
 }
 
 /* ---- train ---- */
@@ -245,14 +242,8 @@ static int cmd_train(int argc, char **argv)
     if (dp_clip > 0) cfg.dp.clip = dp_clip;
     if (dp_delta > 0) cfg.dp.delta = dp_delta;
     if (no_dp) cfg.dp.unit = FP_DP_UNIT_NONE;
-    int v = (int)cfg.model.loss; /* FP_LOSS_BCE = 0, FP_LOSS_SAMPLED_SOFTMAX = 1 */
-    if (two_way("loss", loss, "bce", "sampled_softmax", &v))
+    if (set_choice(&cfg, "loss", "model", "loss", loss) || set_choice(&cfg, "block", "model", "block", block))
         return 2;
-    cfg.model.loss = (fp_loss_kind)v;
-    v = (int)cfg.model.block; /* FP_BLOCK_PRENORM = 0, FP_BLOCK_SASREC = 1 */
-    if (two_way("block", block, "prenorm", "sasrec", &v))
-        return 2;
-    cfg.model.block = (fp_block_kind)v;
     if (cfg.model.loss == FP_LOSS_BCE && negatives <= 0)
         cfg.model.n_neg = 1;
     if (parse_format(format, &cfg.data.format) != FP_OK)

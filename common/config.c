@@ -709,6 +709,29 @@ static const char *type_name(cf_type t)
     return "?";
 }
 
+fp_status fp_config_set_enum(fp_config_t *c, const char *section, const char *key, const char *name)
+{
+    if (!c || !section || !key || !name)
+        return FP_FAIL(FP_ERR_INVALID, "fp_config_set_enum: NULL argument");
+    int i = field_index(section, key, strlen(key));
+    if (i < 0)
+        return FP_FAIL(FP_ERR_INVALID, "%.40s.%.40s: no such key", section, key);
+    const cf_field *f = &g_fields[i];
+    if (f->type != CF_LOSS && f->type != CF_BLOCK && f->type != CF_FORMAT && f->type != CF_UNIT &&
+        f->type != CF_FUNIT)
+        return FP_FAIL(FP_ERR_INVALID, "%s.%s is not a named choice", f->section, f->key);
+    int count;
+    const char *const *names = enum_names(f->type, &count);
+    for (int k = 0; k < count; k++)
+        if (strcmp(names[k], name) == 0) {
+            f_set_enum(c, f, k);
+            return FP_OK;
+        }
+    char buf[64];
+    return FP_FAIL(FP_ERR_INVALID, "%s.%s: '%s' is not %s", f->section, f->key, printable(name, strlen(name), buf,
+                   sizeof buf), type_name(f->type));
+}
+
 /* Refuse what we never accept anywhere: aliases (and so alias bombs) and explicit tags. */
 static fp_status check_plain_node(cf_ctx *x, struct fy_node *n, int line, const char *what)
 {

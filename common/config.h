@@ -143,6 +143,11 @@ fp_status fp_config_load_string(const char *name, const char *yaml, size_t len, 
  * 0 (unset: fedprof-server requires it). Strings must be terminated within their array and free
  * of control characters; server.strategy must be one of the names listed above. */
 fp_status fp_config_validate(const fp_config_t *c);
+
+/* Set a named-choice key (model.loss, model.block, data.format, dp.unit, federation.unit) from its
+ * name, as a config file would (for command-line flags). Errors: FP_ERR_INVALID naming the key and
+ * the names it takes. */
+fp_status fp_config_set_enum(fp_config_t *c, const char *section, const char *key, const char *name);
 /* The config as one JSON object (malloc'd; the caller frees), and back. The JSON holds only the
  * sections that travel between machines (in checkpoints, from the coordinator to its clients):
  * model, train, eval, data, dp and federation, with the keys of the YAML file (model.n_items is

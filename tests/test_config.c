@@ -1129,9 +1129,31 @@ static void test_mutations(void **state)
     assert_true(oks > 0 && errs > 0);
 }
 
+/* Named choices from a flag: the config's own names, an error naming the key otherwise. */
+static void test_set_enum(void **state)
+{
+    (void)state;
+    fp_config_t c;
+    fp_config_defaults(&c);
+    assert_int_equal(fp_config_set_enum(&c, "model", "block", "sasrec"), FP_OK);
+    assert_int_equal(c.model.block, FP_BLOCK_SASREC);
+    assert_int_equal(fp_config_set_enum(&c, "model", "loss", "sampled_softmax"), FP_OK);
+    assert_int_equal(c.model.loss, FP_LOSS_SAMPLED_SOFTMAX);
+    assert_int_equal(fp_config_set_enum(&c, "data", "format", "csv"), FP_OK);
+    assert_int_equal(c.data.format, FP_FORMAT_CSV);
+    fp_config_t before = c;
+    assert_int_equal(fp_config_set_enum(&c, "model", "block", "postnorm"), FP_ERR_INVALID);
+    assert_non_null(strstr(fp_error_message(), "model.block: 'postnorm' is not prenorm or sasrec"));
+    assert_int_equal(fp_config_set_enum(&c, "model", "dim", "50"), FP_ERR_INVALID); /* not a choice */
+    assert_int_equal(fp_config_set_enum(&c, "model", "nope", "x"), FP_ERR_INVALID);
+    assert_int_equal(fp_config_set_enum(NULL, "model", "loss", "bce"), FP_ERR_INVALID);
+    assert_int_equal(c.model.block, before.model.block); /* unchanged by a refusal */
+}
+
 int main(void)
 {
     const struct CMUnitTest tests[] = {
+        cmocka_unit_test(test_set_enum),
         cmocka_unit_test(test_defaults),
         cmocka_unit_test(test_shipped_configs),
         cmocka_unit_test(test_overrides),
