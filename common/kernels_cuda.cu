@@ -188,6 +188,16 @@ static unsigned blocks_for(size_t n, unsigned t)
 #define GRID_STRIDE(i, n)                                                                                            \
     for (size_t i = blockIdx.x * (size_t)blockDim.x + threadIdx.x; i < (n); i += (size_t)gridDim.x * blockDim.x)
 
+/* One grid-stride launch over `work` elements (nothing when 0), then the launch's and the kernel's
+ * errors (DONE): the body of every elementwise entry below. */
+#define LAUNCH_ALL(kernel, work, ...)                                                                                \
+    do {                                                                                                             \
+        const long long w_ = (long long)(work); /* a negative row count launches nothing */                          \
+        if (w_ > 0)                                                                                                  \
+            kernel<<<blocks_for((size_t)w_, 256), 256>>>(__VA_ARGS__);                                               \
+        DONE();                                                                                                      \
+    } while (0)
+
 /* ------------------------------------------------------------------ sgemm and linear */
 
 static void sgemm(int ta, int tb, int M, int N, int K, float alpha, const float *A, int lda, const float *B, int ldb,
@@ -433,9 +443,7 @@ static int fp_kcuda_add_mul(float *out, const float *x, const float *y, const fl
 {
     if (!all_ok({out, x, y, mask}))
         return 0;
-    if (n)
-        k_add_mul<<<blocks_for(n, 256), 256>>>(out, x, y, mask, n);
-    DONE();
+    LAUNCH_ALL(k_add_mul, n, out, x, y, mask, n);
     return 1;
 }
 
@@ -443,9 +451,7 @@ static int fp_kcuda_mul(float *out, const float *a, const float *mask, size_t n)
 {
     if (!all_ok({out, a, mask}))
         return 0;
-    if (n)
-        k_mul<<<blocks_for(n, 256), 256>>>(out, a, mask, n);
-    DONE();
+    LAUNCH_ALL(k_mul, n, out, a, mask, n);
     return 1;
 }
 
@@ -453,9 +459,7 @@ static int fp_kcuda_relu_fwd(float *out, const float *in, const float *mask, siz
 {
     if (!all_ok({out, in, mask}))
         return 0;
-    if (n)
-        k_relu_fwd<<<blocks_for(n, 256), 256>>>(out, in, mask, n);
-    DONE();
+    LAUNCH_ALL(k_relu_fwd, n, out, in, mask, n);
     return 1;
 }
 
@@ -463,9 +467,7 @@ static int fp_kcuda_relu_bwd(float *din, const float *dout, const float *in, con
 {
     if (!all_ok({din, dout, in, mask}))
         return 0;
-    if (n)
-        k_relu_bwd<<<blocks_for(n, 256), 256>>>(din, dout, in, mask, n);
-    DONE();
+    LAUNCH_ALL(k_relu_bwd, n, din, dout, in, mask, n);
     return 1;
 }
 
@@ -498,9 +500,7 @@ static int fp_kcuda_embed_fwd(float *out, const int32_t *ids, const int32_t *tpo
 {
     if (!all_ok({out, ids, tpos, wte, wpe}))
         return 0;
-    if (N > 0)
-        k_embed_fwd<<<blocks_for((size_t)N * C, 256), 256>>>(out, ids, tpos, wte, wpe, scale, N, C);
-    DONE();
+    LAUNCH_ALL(k_embed_fwd, (long long)N * C, out, ids, tpos, wte, wpe, scale, N, C);
     return 1;
 }
 
@@ -509,9 +509,7 @@ static int fp_kcuda_embed_bwd(float *dwte, float *dwpe, const float *dout, const
 {
     if (!all_ok({dwte, dwpe, dout, ids, tpos}))
         return 0;
-    if (N > 0)
-        k_embed_bwd<<<blocks_for((size_t)N * C, 256), 256>>>(dwte, dwpe, dout, ids, tpos, scale, N, C);
-    DONE();
+    LAUNCH_ALL(k_embed_bwd, (long long)N * C, dwte, dwpe, dout, ids, tpos, scale, N, C);
     return 1;
 }
 
@@ -540,9 +538,7 @@ static int fp_kcuda_gather_rows(float *out, const float *src, const int32_t *row
 {
     if (!all_ok({out, src, rows, fill}))
         return 0;
-    if (n > 0)
-        k_gather_rows<<<blocks_for((size_t)n * C, 256), 256>>>(out, src, rows, fill, n, C);
-    DONE();
+    LAUNCH_ALL(k_gather_rows, (long long)n * C, out, src, rows, fill, n, C);
     return 1;
 }
 
@@ -551,9 +547,7 @@ static int fp_kcuda_scatter_rows_add(float *dsrc, float *dfill, const float *dou
 {
     if (!all_ok({dsrc, dfill, dout, rows}))
         return 0;
-    if (n > 0)
-        k_scatter_rows_add<<<blocks_for((size_t)n * C, 256), 256>>>(dsrc, dfill, dout, rows, n, C);
-    DONE();
+    LAUNCH_ALL(k_scatter_rows_add, (long long)n * C, dsrc, dfill, dout, rows, n, C);
     return 1;
 }
 
@@ -629,9 +623,7 @@ static int fp_kcuda_adam(float *p, const float *g, float *m, float *v, size_t n,
 {
     if (!all_ok({p, g, m, v}))
         return 0;
-    if (n)
-        k_adam<<<blocks_for(n, 256), 256>>>(p, g, m, v, n, b1, b2, (float)(lr / bc1), (float)sqrt(bc2), eps);
-    DONE();
+    LAUNCH_ALL(k_adam, n, p, g, m, v, n, b1, b2, (float)(lr / bc1), (float)sqrt(bc2), eps);
     return 1;
 }
 
@@ -644,9 +636,7 @@ static int fp_kcuda_scale_rows(float *x, const float *s, int n, int C)
 {
     if (!all_ok({x, s}))
         return 0;
-    if (n > 0)
-        k_scale_rows<<<blocks_for((size_t)n * C, 256), 256>>>(x, s, n, C);
-    DONE();
+    LAUNCH_ALL(k_scale_rows, (long long)n * C, x, s, n, C);
     return 1;
 }
 
