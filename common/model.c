@@ -806,6 +806,14 @@ static float *bk_slot(fp_model_t *m, size_t slot) { return m->dp_bk + slot * m->
 static float *bk_blk(fp_model_t *m, int l, int which) { return bk_slot(m, 1 + (size_t)BK_PER_BLOCK * l + which); }
 static float *bk_emb(fp_model_t *m) { return bk_slot(m, 1 + (size_t)BK_PER_BLOCK * m->cfg.blocks); }
 static void bk_keep(fp_model_t *m, float *slot, const float *g) { fp_k_copy(slot, g, (size_t)m->N * m->cfg.dim); }
+/* slot = g * mask (a dropout's backward), or a copy of g without dropout (mask NULL). */
+static void bk_masked(fp_model_t *m, float *slot, const float *g, const float *mask)
+{
+    if (mask)
+        fp_k_mul(slot, g, mask, (size_t)m->N * m->cfg.dim);
+    else
+        bk_keep(m, slot, g);
+}
 
 /* The norm pass: a backward of the SUMMED data loss (each user's loss is the sum over its
  * positions) that computes input gradients only, and at every parameter adds the squared norm of
@@ -830,11 +838,11 @@ static void dp_norm_pass(fp_model_t *m)
                               1.0f);
     fp_k_sampled_scores_bwd(m->dhl, NULL, m->logits, m->hl, m->items, P + m->o_wte, m->NL, m->S, C);
     /* final LayerNorm; a loss target at a padding position feeds ln_f.b directly (h = ln_f.b) */
-    fp_k_zero(m->s1, NC);
-    fp_k_scatter_rows_add(m->s1, NULL, m->dhl, m->loss_row, m->NL, C);
-    bk_keep(m, bk_slot(m, 0), m->s1);
+    float *dlnf = bk_slot(m, 0); /* every kept gradient is written into its slot directly */
+    fp_k_zero(dlnf, NC);
+    fp_k_scatter_rows_add(dlnf, NULL, m->dhl, m->loss_row, m->NL, C);
     const float *xL = c->blocks > 0 ? m->act[c->blocks - 1].out : m->x0;
-    fp_k_user_colsums(m->dp_ub, m->dp_ug, m->s1, xL, m->lnf_mu, m->lnf_rs, m->off, U, C);
+    fp_k_user_colsums(m->dp_ub, m->dp_ug, dlnf, xL, m->lnf_mu, m->lnf_rs, m->off, U, C);
     for (int u = 0; u < U; u++) /* rare (hand-made batches only): a plain loop */
         for (int v = m->loff[u]; v < m->loff[u + 1]; v++)
             if (m->loss_row[v] < 0)
@@ -843,72 +851,61 @@ static void dp_norm_pass(fp_model_t *m)
     fp_k_user_sqnorms(m->dp_n2, m->dp_ub, m->dp_ident, U, C);
     fp_k_user_sqnorms(m->dp_n2, m->dp_ug, m->dp_ident, U, C);
     fp_k_zero(m->dres, NC);
-    fp_k_layernorm_bwd(m->dres, junk_g, junk_b, m->s1, xL, P + m->o_lnfg, m->lnf_mu, m->lnf_rs, N, C);
+    fp_k_layernorm_bwd(m->dres, junk_g, junk_b, dlnf, xL, P + m->o_lnfg, m->lnf_mu, m->lnf_rs, N, C);
 
     for (int l = c->blocks - 1; l >= 0; l--) {
         blk_act_t *a = &m->act[l];
         const blk_off_t *o = &m->boff[l];
         const float *x = l > 0 ? m->act[l - 1].out : m->x0;
         /* feed-forward: out = res1 + dropout(fa W2 + b2), fa = dropout(relu(ln2 W1 + b1)) */
-        const float *dfo = m->dres;
-        if (drop) {
-            fp_k_mul(m->s1, m->dres, a->m_ffn, NC);
-            dfo = m->s1;
-        }
-        bk_keep(m, bk_blk(m, l, BK_FO), dfo);
-        dp_linear_norms(m, a->fa, &dfo, 1);
+        float *dfo = bk_blk(m, l, BK_FO);
+        bk_masked(m, dfo, m->dres, drop ? a->m_ffn : NULL);
+        const float *dfo_in[1] = {dfo};
+        dp_linear_norms(m, a->fa, dfo_in, 1);
         fp_k_sgemm(0, 1, N, C, C, 1.0f, dfo, C, P + o->w2, C, 0.0f, m->s2, C);
-        float *dfc = bk_blk(m, l, BK_FC); /* kept: written into its slot directly */
+        float *dfc = bk_blk(m, l, BK_FC);
         fp_k_relu_bwd(dfc, m->s2, a->fch, drop ? a->m_relu : NULL, NC);
         const float *dfc_in[1] = {dfc};
         dp_linear_norms(m, a->ln2, dfc_in, 1);
-        fp_k_sgemm(0, 1, N, C, C, 1.0f, dfc, C, P + o->w1, C, 0.0f, m->s1, C);
+        float *dln2 = bk_blk(m, l, BK_LN2);
+        fp_k_sgemm(0, 1, N, C, C, 1.0f, dfc, C, P + o->w1, C, 0.0f, dln2, C);
         if (sr) {
-            fp_k_add_mul(m->s1, m->s1, m->dres, NULL, NC);
+            fp_k_add_mul(dln2, dln2, m->dres, NULL, NC);
             fp_k_zero(m->dres, NC);
         }
-        bk_keep(m, bk_blk(m, l, BK_LN2), m->s1);
-        dp_layernorm_norms(m, m->s1, a->res1, a->ln2_mu, a->ln2_rs);
-        fp_k_layernorm_bwd(m->dres, junk_g, junk_b, m->s1, a->res1, P + o->ln2g, a->ln2_mu, a->ln2_rs, N, C);
+        dp_layernorm_norms(m, dln2, a->res1, a->ln2_mu, a->ln2_rs);
+        fp_k_layernorm_bwd(m->dres, junk_g, junk_b, dln2, a->res1, P + o->ln2g, a->ln2_mu, a->ln2_rs, N, C);
         /* attention: res1 = x + dropout(atty Wo + bo) */
-        const float *dao = m->dres;
-        if (drop) {
-            fp_k_mul(m->s1, m->dres, a->m_att, NC);
-            dao = m->s1;
-        }
-        bk_keep(m, bk_blk(m, l, BK_AO), dao);
-        dp_linear_norms(m, a->atty, &dao, 1);
+        float *dao = bk_blk(m, l, BK_AO);
+        bk_masked(m, dao, m->dres, drop ? a->m_att : NULL);
+        const float *dao_in[1] = {dao};
+        dp_linear_norms(m, a->atty, dao_in, 1);
         fp_k_sgemm(0, 1, N, C, C, 1.0f, dao, C, P + o->wo, C, 0.0f, m->s2, C);
-        /* q, k, v gradients: kept, written into their slots directly */
         float *dq = bk_blk(m, l, BK_Q), *dk = bk_blk(m, l, BK_K), *dv = bk_blk(m, l, BK_V);
         fp_k_attention_bwd(dq, dk, dv, m->datt, m->s2, a->att, drop_att ? a->attd : NULL, a->q, a->k, a->v, m->off,
                            m->att_off, U, C, H, m->tmp);
         const float *dqkv[3] = {dq, dk, dv};
+        float *dln1 = bk_blk(m, l, BK_LN1);
         if (!sr) {
             dp_linear_norms(m, a->ln1, dqkv, 3);
-            fp_k_sgemm(0, 1, N, C, C, 1.0f, dq, C, P + o->wq, C, 0.0f, m->s1, C);
-            fp_k_sgemm(0, 1, N, C, C, 1.0f, dk, C, P + o->wk, C, 1.0f, m->s1, C);
-            fp_k_sgemm(0, 1, N, C, C, 1.0f, dv, C, P + o->wv, C, 1.0f, m->s1, C);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, dq, C, P + o->wq, C, 0.0f, dln1, C);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, dk, C, P + o->wk, C, 1.0f, dln1, C);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, dv, C, P + o->wv, C, 1.0f, dln1, C);
         } else { /* q from ln1, k and v from x; res1 = ln1 + ... */
             dp_linear_norms(m, a->ln1, dqkv, 1);
             dp_linear_norms(m, x, dqkv + 1, 2);
-            fp_k_sgemm(0, 1, N, C, C, 1.0f, dq, C, P + o->wq, C, 0.0f, m->s1, C);
-            fp_k_add_mul(m->s1, m->s1, m->dres, NULL, NC);
+            fp_k_sgemm(0, 1, N, C, C, 1.0f, dq, C, P + o->wq, C, 0.0f, dln1, C);
+            fp_k_add_mul(dln1, dln1, m->dres, NULL, NC);
             fp_k_sgemm(0, 1, N, C, C, 1.0f, dk, C, P + o->wk, C, 0.0f, m->dres, C);
             fp_k_sgemm(0, 1, N, C, C, 1.0f, dv, C, P + o->wv, C, 1.0f, m->dres, C);
         }
-        bk_keep(m, bk_blk(m, l, BK_LN1), m->s1);
-        dp_layernorm_norms(m, m->s1, x, a->ln1_mu, a->ln1_rs);
-        fp_k_layernorm_bwd(m->dres, junk_g, junk_b, m->s1, x, P + o->ln1g, a->ln1_mu, a->ln1_rs, N, C);
+        dp_layernorm_norms(m, dln1, x, a->ln1_mu, a->ln1_rs);
+        fp_k_layernorm_bwd(m->dres, junk_g, junk_b, dln1, x, P + o->ln1g, a->ln1_mu, a->ln1_rs, N, C);
     }
     /* embeddings: x0 = dropout(item_emb[id] * sqrt(dim) + pos_emb[t]); a user's positions are
      * distinct rows of pos_emb, so its pos_emb norm is the sum of its rows' squares */
-    const float *dx = m->dres;
-    if (drop) {
-        fp_k_mul(m->s1, m->dres, m->m_emb, NC);
-        dx = m->s1;
-    }
-    bk_keep(m, bk_emb(m), dx);
+    float *dx = bk_emb(m);
+    bk_masked(m, dx, m->dres, drop ? m->m_emb : NULL);
     fp_k_user_sqnorms(m->dp_n2, dx, m->off, U, C);
     fp_k_embed_user_sqnorms(m->dp_n2, dx, m->tok_id, sqrtf((float)C), m->off, m->logits, m->hl, m->items, m->loff, U,
                             c->n_items, c->maxlen, c->maxlen, m->S, C, m->dp_emb);
