@@ -47,6 +47,7 @@
 #include "common/model.h"
 #include "common/model_io.h"
 #include "common/rng.h"
+#include "common/threads_env.h"
 #include "dp/audit_bound.h"
 
 #define CANARY_MAX_LEN 10000
@@ -680,6 +681,8 @@ done:
 
 int main(int argc, char **argv)
 {
+    if (fp_threads_env_init(argv) != FP_OK) /* harmless: libgomp's default wait policy stays */
+        fprintf(stderr, "fedprof-bench-canary: note: %s\n", fp_error_message());
     if (argc >= 2 && strcmp(argv[1], "plant") == 0)
         return canary_plant(argc - 2, argv + 2);
     if (argc >= 2 && strcmp(argv[1], "score") == 0)

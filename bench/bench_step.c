@@ -25,6 +25,7 @@
 #include "common/log.h"
 #include "common/model.h"
 #include "common/params.h"
+#include "common/threads_env.h"
 #include "dp/csprng.h"
 #include "dp/noise.h"
 
@@ -50,6 +51,8 @@ static double gemm_rate(int M, int N, int K, int reps)
 
 int main(int argc, char **argv)
 {
+    if (fp_threads_env_init(argv) != FP_OK) /* harmless: libgomp's default wait policy stays */
+        fprintf(stderr, "fedprof-bench-step: note: %s\n", fp_error_message());
     int dim = 50, blocks = 2, heads = 1, maxlen = 200, batch = 128, items = 3416, threads = 2, steps = 50, help = 0;
     int dp_steps = 10, noise_n = 0, reps = 5;
     float mean_len = 50;
@@ -85,7 +88,7 @@ int main(int argc, char **argv)
         fprintf(stderr, "fedprof-bench-step: %s\n", fp_error_message());
         return 2;
     }
-    printf("device: %s\n", dinfo);
+    printf("device: %s\nidle threads: %s\n", dinfo, fp_threads_env_describe());
     if (noise_n > 0) {
         fp_dpsgd_plan_t plan;
         float *x = fp_buffer_alloc((size_t)noise_n);

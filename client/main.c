@@ -25,6 +25,7 @@
 #include "common/model_io.h"
 #include "common/npy.h"
 #include "common/params.h"
+#include "common/threads_env.h"
 
 static int fail(const char *what)
 {
@@ -282,6 +283,7 @@ static int cmd_train(int argc, char **argv)
         json_object_object_add(o, "train_seconds", json_object_new_double(rep.train_seconds));
         json_object_object_add(o, "seqs_per_s", json_object_new_double(rep.seqs_per_s));
         json_object_object_add(o, "threads", json_object_new_int(cfg.train.threads));
+        json_object_object_add(o, "omp_wait", json_object_new_string(fp_threads_env_describe()));
         json_object_object_add(o, "peak_rss_mb", json_object_new_double(peak_rss_mb()));
         json_object_object_add(o, "model", json_object_new_string(path));
         if (rep.dp) {
@@ -819,6 +821,8 @@ static void usage(void)
 
 int main(int argc, char **argv)
 {
+    if (fp_threads_env_init(argv) != FP_OK) /* harmless: libgomp's default wait policy stays */
+        fprintf(stderr, "fedprof-client: note: %s\n", fp_error_message());
     if (argc < 2 || !strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help")) {
         usage();
         return argc < 2 ? 2 : 0;

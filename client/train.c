@@ -16,6 +16,7 @@
 #include "common/model.h"
 #include "common/model_io.h"
 #include "common/params.h"
+#include "common/threads_env.h"
 
 #define FP_CHECKPOINT_EVERY_S 60.0
 
@@ -323,8 +324,9 @@ fp_status fp_train_run(fp_config_t *cfg, fp_dataset_t *d, const fp_train_opts_t 
         goto out;
     }
     fp_log_info("training on %d users, %d items, %" PRId64 " interactions: dim %d, %d blocks, %d heads, maxlen %d, "
-                "batch %d, %d threads",
-                d->n_users, d->n_items, d->n_interactions, mc->dim, mc->blocks, mc->heads, T, B, threads);
+                "batch %d, %d threads (idle threads: %s)",
+                d->n_users, d->n_items, d->n_interactions, mc->dim, mc->blocks, mc->heads, T, B, threads,
+                fp_threads_env_describe());
 
     fp_eval_opts_t vo = {cfg->eval.k, cfg->eval.negatives, cfg->eval.max_users, 0, 0, cfg->eval.seed};
     double best_ndcg = -1.0, last_ckpt = fp_now();

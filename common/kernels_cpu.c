@@ -5,8 +5,8 @@
  * rows (bias, gamma, embedding gradients) give each thread a disjoint set of output columns or
  * rows and walk the input in order, so they need no atomics and do not depend on the thread
  * count. On this kind of machine (two cores) running two pools at once halves the speed.
- * OpenMP's default is to spin at barriers: on a machine whose cores are taken by other
- * processes, run with OMP_WAIT_POLICY=passive (spinning then costs ~10x, measured).
+ * How idle workers wait between the many short regions (libgomp's long spin, or sleeping at
+ * once) is settled before main by common/threads_env (a short spin, GOMP_SPINCOUNT=1000).
  *
  * Vector width: the build targets baseline x86-64-v2 (SSE4), so the hot loops written by hand
  * (attention, LayerNorm rows, dropout masks, sums of squares, Adam) are compiled in AVX-512

@@ -14,6 +14,7 @@
 #include "common/config.h"
 #include "common/log.h"
 #include "common/wire.h"
+#include "common/threads_env.h"
 #include "server/coordinator.h"
 #include "server/status.h"
 #include "server/strategy.h"
@@ -346,6 +347,8 @@ static void server_tune_malloc(void)
 
 int main(int argc, char **argv)
 {
+    if (fp_threads_env_init(argv) != FP_OK) /* harmless: libgomp's default wait policy stays */
+        fprintf(stderr, "fedprof-server: note: %s\n", fp_error_message());
     server_tune_malloc();
     if (argc >= 2 && (!strcmp(argv[1], "--help") || !strcmp(argv[1], "-h") || !strcmp(argv[1], "help"))) {
         usage();

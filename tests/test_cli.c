@@ -29,23 +29,40 @@ static void slurp(const char *path, char *buf, size_t n)
     fclose(f);
 }
 
-/* Runs `bin ARGS`, captures stdout/stderr, returns the exit status (128+sig if killed). */
-static int run(const char *fmt, ...)
+/* Runs `prog ARGS`, captures stdout/stderr, returns the exit status (128+sig if killed). */
+static int vrun(const char *prog, const char *fmt, va_list ap)
 {
     char args[2048], cmd[4096], o[300], e[300];
-    va_list ap;
-    va_start(ap, fmt);
     vsnprintf(args, sizeof args, fmt, ap);
-    va_end(ap);
     snprintf(o, sizeof o, "%s/stdout", tmpdir);
     snprintf(e, sizeof e, "%s/stderr", tmpdir);
-    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >'%s' 2>'%s' </dev/null", tmpdir, bin, args, o, e);
+    snprintf(cmd, sizeof cmd, "cd '%s' && '%s' %s >'%s' 2>'%s' </dev/null", tmpdir, prog, args, o, e);
     int st = system(cmd);
     slurp(o, out_buf, sizeof out_buf);
     slurp(e, err_buf, sizeof err_buf);
     if (WIFSIGNALED(st))
         return 128 + WTERMSIG(st);
     return WEXITSTATUS(st);
+}
+
+/* `bin ARGS` */
+static int run(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int r = vrun(bin, fmt, ap);
+    va_end(ap);
+    return r;
+}
+
+/* `/bin/sh ARGS` (to run bin in a changed environment) */
+static int run_sh(const char *fmt, ...)
+{
+    va_list ap;
+    va_start(ap, fmt);
+    int r = vrun("/bin/sh", fmt, ap);
+    va_end(ap);
+    return r;
 }
 
 static void write_file(const char *name, const char *text)
@@ -98,6 +115,31 @@ static void test_train_json(void **state)
     }
     /* Quiet: nothing on stderr. */
     assert_string_equal(err_buf, "");
+}
+
+/* Idle OpenMP threads (common/threads_env.h): with no policy in the environment the client
+ * re-executes itself with GOMP_SPINCOUNT=1000 and says so; a user's policy is kept as given. The
+ * flags after the re-exec still apply (same argv: --epochs 1 shows as "epochs":1). */
+static void test_train_thread_wait_policy(void **state)
+{
+    (void)state;
+    const char *base = "train --data data.txt --out mw --epochs 1 --dim 16 --blocks 1 --maxlen 16 --threads 1 "
+                       "--quiet --json --eval-users 50";
+    /* OMP_DISPLAY_ENV: libgomp itself prints the spin count it read when it was loaded */
+    assert_int_equal(run_sh("-c \"exec env -u OMP_WAIT_POLICY -u GOMP_SPINCOUNT -u FEDPROF_THREADS_ENV "
+                            "OMP_DISPLAY_ENV=verbose '%s' %s\"",
+                            bin, base),
+                     0);
+    if (!strstr(out_buf, "\"omp_wait\":\"GOMP_SPINCOUNT=1000 (fedprof's default)\"") || !strstr(out_buf, "\"epochs\":1"))
+        fail_msg("no default policy in: %s / %s", out_buf, err_buf);
+    if (!strstr(err_buf, "GOMP_SPINCOUNT = '1000'"))
+        fail_msg("libgomp did not read the spin count: %s", err_buf);
+    assert_int_equal(run_sh("-c \"OMP_WAIT_POLICY=passive GOMP_SPINCOUNT= exec '%s' %s\"", bin, base), 0);
+    if (!strstr(out_buf, "\"omp_wait\":\"OMP_WAIT_POLICY=passive (environment)\""))
+        fail_msg("the user's policy not kept: %s / %s", out_buf, err_buf);
+    assert_int_equal(run_sh("-c \"exec env -u OMP_WAIT_POLICY GOMP_SPINCOUNT=20 '%s' %s\"", bin, base), 0);
+    if (!strstr(out_buf, "\"omp_wait\":\"GOMP_SPINCOUNT=20 (environment)\""))
+        fail_msg("the user's spin count not kept: %s / %s", out_buf, err_buf);
 }
 
 /* --device: a bad name is a usage error; auto says in one line where it trains (the CPU here
@@ -273,6 +315,7 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_train_json),
         cmocka_unit_test(test_train_device),
+        cmocka_unit_test(test_train_thread_wait_policy),
         cmocka_unit_test(test_train_dp_json),
         cmocka_unit_test(test_train_progress_without_tty_is_one_line_per_epoch),
         cmocka_unit_test(test_eval_json),
