@@ -26,8 +26,8 @@ bdir=${FEDPROF_BUILD_DIR:-build}
 mkdir -p "$out"
 echo "machine: $(lscpu | sed -n 's/^Model name:\s*//p'), $(nproc) cores"
 cmd="$bdir/fedprof-client train --data $data --config configs/centralized.yaml --epochs $epochs --threads $threads --out $out --json"
-echo "command: OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} OPENBLAS_NUM_THREADS=1 $cmd"
-OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} OPENBLAS_NUM_THREADS=1 $cmd 2> "$out/train.log" | tail -n 1 > "$out/result.json"
+echo "command: ${OMP_WAIT_POLICY:+OMP_WAIT_POLICY=$OMP_WAIT_POLICY }OPENBLAS_NUM_THREADS=1 $cmd"
+OPENBLAS_NUM_THREADS=1 $cmd 2> "$out/train.log" | tail -n 1 > "$out/result.json"
 /usr/bin/env python3 - "$out/result.json" <<'PY'
 import json, sys
 r = json.load(open(sys.argv[1]))

@@ -90,7 +90,7 @@ trap cleanup EXIT
 cp "$BUILD/fedprof-client" "$WORK/client"
 cp "$BUILD/fedprof-bench-canary" "$WORK/canary"
 
-export OMP_WAIT_POLICY=passive OPENBLAS_NUM_THREADS=1
+export OPENBLAS_NUM_THREADS=1 # the wait policy: fedprof's default unless set by the caller
 RES=$WORK/results.jsonl
 : >"$RES"
 LOAD_BEFORE=$(uptime)

@@ -116,7 +116,7 @@ print(round(100 * (1 - (i1 - i0) / max(1, t1 - t0))))
 EOF
 }
 
-export OMP_WAIT_POLICY=${OMP_WAIT_POLICY:-passive} OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1}
+export OPENBLAS_NUM_THREADS=${OPENBLAS_NUM_THREADS:-1} # the wait policy: fedprof's default unless set
 RES=$WORK/results.jsonl
 : >"$RES"
 CMDS=$WORK/commands.txt

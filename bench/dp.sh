@@ -42,7 +42,8 @@ while [ $# -gt 0 ]; do
 done
 [ -x "$BS" ] || { echo "dp.sh: $BS not built (cmake --build build)" >&2; exit 1; }
 "$PY" -c 'import numpy' 2>/dev/null || { echo "dp.sh: $PY has no numpy (apt-get install python3-numpy)" >&2; exit 1; }
-export OMP_WAIT_POLICY=passive OPENBLAS_NUM_THREADS=1
+# OpenMP's wait policy: fedprof's own default (common/threads_env.h) unless set by the caller
+export OPENBLAS_NUM_THREADS=1
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 rate() { sed -n 's/.*= \([0-9.e+]*\) samples\/s.*/\1/p'; }

@@ -45,7 +45,7 @@ if [ "${SKIP_BUILD:-0}" != 1 ]; then
   echo "gpu-check: built in $(( $(date +%s) - t0 )) s"
 fi
 
-export OMP_WAIT_POLICY=passive OPENBLAS_NUM_THREADS=1
+export OPENBLAS_NUM_THREADS=1
 status=0
 for t in test_cuda test_model test_dpsgd test_kernels; do
   if FP_TEST_VERBOSE=1 "$B/$t" >"$OUT/$t.txt" 2>&1; then
