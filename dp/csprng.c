@@ -24,11 +24,10 @@ struct fp_csprng {
     uint64_t since_reseed;      /* bytes handed out since the last RAND_bytes mix-in */
     uint8_t key[KEY_BYTES];
     uint8_t buf[FP_CSPRNG_BLOCK];
-    uint8_t tmp[KEY_BYTES + FP_CSPRNG_BLOCK]; /* keystream of one refill */
 };
 
 /* Zeros to encrypt: ChaCha20 of zeros is the raw keystream. */
-static const uint8_t zeros[KEY_BYTES + FP_CSPRNG_BLOCK];
+static const uint8_t zeros[FP_CSPRNG_BLOCK];
 
 static fp_status ossl_fail(const char *what)
 {
@@ -41,20 +40,22 @@ static fp_status ossl_fail(const char *what)
 }
 
 /* One refill: keystream = ChaCha20(key, counter 0, nonce 0); key <- keystream[0..31];
- * buf <- keystream[32..]. */
+ * buf <- keystream[32..]. Written in place by two updates of the same stream (the context
+ * copied the old key at init), so no keystream passes through a temporary. */
 static fp_status refill(fp_csprng_t *g)
 {
     static const uint8_t iv[IV_BYTES] = {0};
     int len = 0;
     if (EVP_EncryptInit_ex(g->ctx, NULL, NULL, g->key, iv) != 1)
         return ossl_fail("EVP_EncryptInit_ex");
-    if (EVP_EncryptUpdate(g->ctx, g->tmp, &len, zeros, (int)sizeof zeros) != 1)
+    if (EVP_EncryptUpdate(g->ctx, g->key, &len, zeros, KEY_BYTES) != 1)
         return ossl_fail("EVP_EncryptUpdate");
-    if (len != (int)sizeof zeros)
-        return FP_FAIL(FP_ERR_INTERNAL, "csprng: EVP_EncryptUpdate returned %d of %zu bytes", len, sizeof zeros);
-    memcpy(g->key, g->tmp, KEY_BYTES);
-    memcpy(g->buf, g->tmp + KEY_BYTES, FP_CSPRNG_BLOCK);
-    OPENSSL_cleanse(g->tmp, sizeof g->tmp);
+    if (len != KEY_BYTES)
+        return FP_FAIL(FP_ERR_INTERNAL, "csprng: EVP_EncryptUpdate returned %d of %d bytes", len, KEY_BYTES);
+    if (EVP_EncryptUpdate(g->ctx, g->buf, &len, zeros, FP_CSPRNG_BLOCK) != 1)
+        return ossl_fail("EVP_EncryptUpdate");
+    if (len != FP_CSPRNG_BLOCK)
+        return FP_FAIL(FP_ERR_INTERNAL, "csprng: EVP_EncryptUpdate returned %d of %d bytes", len, FP_CSPRNG_BLOCK);
     g->pos = 0;
     return FP_OK;
 }

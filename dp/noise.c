@@ -24,6 +24,23 @@
 #include <omp.h>
 #endif
 
+/* The table sampler's 8-lane fast path (dgauss_table_n) on x86-64 CPUs with AVX-512F/DQ, chosen
+ * at run time; the portable path computes the same outputs from the same words. */
+#if defined(__x86_64__) && defined(__GNUC__)
+#define NOISE_AVX512 1
+#include <immintrin.h>
+#else
+#define NOISE_AVX512 0
+#endif
+/* Plain loops over the vector compiled also for x86-64-v4 (AVX-512: 8 doubles and int64→double
+ * conversions per instruction), chosen at load time; every operation in them is exact or
+ * correctly rounded IEEE arithmetic, so each clone computes the same bits. */
+#if NOISE_AVX512 && !defined(__clang__)
+#define NOISE_VEC __attribute__((target_clones("arch=x86-64-v4", "default")))
+#else
+#define NOISE_VEC
+#endif
+
 #if !defined(__SIZEOF_INT128__)
 #error "dp/noise.c needs a compiler with unsigned __int128 (GCC or Clang on a 64-bit target)"
 #endif
@@ -437,10 +454,37 @@ double fp_dp_dgauss_sigma2(const fp_dp_dgauss_t *g)
 
 /* ---- sampling (CKS Algorithms 2 and 3) ---- */
 
-/* The table sampler (noise.h): one word gives the column (top 11 bits), the sign (bit 52), the
- * offset (the low log2w ≤ 25 bits) and, in between, the top bits of the uniform that decides the
- * column against its 128-bit threshold; then the exact in-bin acceptance. */
-static fp_status dgauss_table(const fp_dp_dgauss_t *p, src_t *s, int64_t *z)
+/* The table sampler (noise.h). A proposal takes two keystream words: x gives the column (top 11
+ * bits), the sign (bit 52), the offset (the low log2w ≤ 25 bits) and, in between, the top bits of
+ * the uniform that decides the column against its 128-bit threshold; x2 is the uniform of the
+ * first in-bin Bernoulli trial (discarded when that trial is not needed). Then the exact in-bin
+ * acceptance. Two paths decide a proposal: table_fast, branch-light, for the usual case, and
+ * table_proposal, the whole algorithm, which table_fast hands everything else to with the same
+ * two words; fp_dp_dgauss_table_selfcheck tests that they agree wherever table_fast decides. */
+enum { TABLE_ACCEPT, TABLE_REJECT, TABLE_SLOW };
+
+static inline int table_fast(const fp_dp_dgauss_t *p, uint64_t x, uint64_t x2, int64_t *z)
+{
+    const fp_dp_dgauss_table_t *t = &p->table;
+    const unsigned lw = t->log2w, k = 52 - lw;
+    const unsigned c = (unsigned)(x >> 53);
+    const uint64_t u_top = (x >> lw) & (((uint64_t)1 << k) - 1), t_top = t->thr_hi[c] >> (64 - k);
+    const uint64_t b = u_top < t_top ? c : t->alias[c];
+    const uint64_t neg = (x >> 52) & 1, off = x & (((uint64_t)1 << lw) - 1), lo = b << lw, y = lo + off;
+    /* off < 2^lw and 2lo + off < 2^(lw+12) with lw ≤ 25: the product fits in 64 bits */
+    const u128 N = (u128)(off * (2 * lo + off)) * p->den;
+    const u128 m = (u128)x2 * p->acc_den;
+    /* slow: a threshold tie; γ ≥ 1; x2 maybe in Lemire's rejection region; the first trial 1 */
+    if (__builtin_expect(u_top == t_top || N >= p->acc_den || (uint64_t)m < p->acc_den ||
+                             (uint64_t)(m >> 64) < (uint64_t)N,
+                         0))
+        return TABLE_SLOW;
+    *z = neg ? -(int64_t)y : (int64_t)y;
+    return neg && y == 0 ? TABLE_REJECT : TABLE_ACCEPT;
+}
+
+/* One proposal from x and x2, exactly; further words from s. *acc = 1 with *z: accepted. */
+static fp_status table_proposal(const fp_dp_dgauss_t *p, src_t *s, uint64_t x, uint64_t x2, int64_t *z, int *acc)
 {
     const fp_dp_dgauss_table_t *t = &p->table;
     const unsigned lw = t->log2w;
@@ -448,45 +492,257 @@ static fp_status dgauss_table(const fp_dp_dgauss_t *p, src_t *s, int64_t *z)
      * the 128-bit uniform U compared with the column's threshold T: they decide unless they equal
      * T's top k bits (probability 2^−k), and only then are U's other 128 − k bits drawn. */
     const unsigned k = 52 - lw;
-    for (;;) {
-        uint64_t x;
-        TRY(src_u64(s, &x));
-        unsigned c = (unsigned)(x >> 53); /* 11 bits: FP_DP_DGAUSS_BINS = 2048 */
-        const uint64_t u_top = (x >> lw) & (((uint64_t)1 << k) - 1), t_top = t->thr_hi[c] >> (64 - k);
-        int keep;
-        if (u_top != t_top) {
-            keep = u_top < t_top;
-        } else {
-            uint64_t h, l;
-            TRY(src_u64(s, &h));
-            TRY(src_u64(s, &l));
-            const u128 t_rest = (((u128)t->thr_hi[c] << 64 | t->thr_lo[c]) << k) >> k; /* T's low 128 − k */
-            const u128 u_rest = ((u128)h << 64 | l) >> k;                              /* 128 − k uniform bits */
-            keep = u_rest < t_rest;
-        }
-        const uint64_t b = keep ? c : t->alias[c];
-        const int neg = (int)((x >> 52) & 1);
-        const uint64_t off = x & (((uint64_t)1 << lw) - 1), lo = b << lw, y = lo + off;
-        if (neg && y == 0)
-            continue;
-        /* accept with exp(−(y² − lo²)/(2σ²)) = exp(−off·(2lo + off)·den / (2·num)) */
-        const u128 N = (u128)off * (2 * lo + off) * p->den;
-        int acc = 1;
-        if (N >= p->acc_den) { /* γ ≥ 1: the last bins' far ends only */
-            TRY(bern_exp_wide(s, N, p->acc_den, &acc));
-        } else if (N) {
-            /* Algorithm 1's first trial, Bernoulli(γ), inline: a 0 (the usual case, γ < 0.05 on
-             * average) accepts at once; a 1 continues the trials from k = 2 */
-            uint64_t u;
-            TRY(src_below(s, p->acc_den, &u));
-            if (u < (uint64_t)N)
-                TRY(bern_exp_le1_from(s, (uint64_t)N, p->acc_den, 2, &acc));
-        }
-        if (!acc)
-            continue;
-        *z = neg ? -(int64_t)y : (int64_t)y;
-        return FP_OK;
+    *acc = 0;
+    const unsigned c = (unsigned)(x >> 53); /* 11 bits: FP_DP_DGAUSS_BINS = 2048 */
+    const uint64_t u_top = (x >> lw) & (((uint64_t)1 << k) - 1), t_top = t->thr_hi[c] >> (64 - k);
+    int keep;
+    if (u_top != t_top) {
+        keep = u_top < t_top;
+    } else {
+        uint64_t h, l;
+        TRY(src_u64(s, &h));
+        TRY(src_u64(s, &l));
+        const u128 t_rest = (((u128)t->thr_hi[c] << 64 | t->thr_lo[c]) << k) >> k; /* T's low 128 − k */
+        const u128 u_rest = ((u128)h << 64 | l) >> k;                              /* 128 − k uniform bits */
+        keep = u_rest < t_rest;
     }
+    const uint64_t b = keep ? c : t->alias[c];
+    const int neg = (int)((x >> 52) & 1);
+    const uint64_t off = x & (((uint64_t)1 << lw) - 1), lo = b << lw, y = lo + off;
+    if (neg && y == 0)
+        return FP_OK;
+    /* accept with exp(−(y² − lo²)/(2σ²)) = exp(−off·(2lo + off)·den / (2·num)) */
+    const u128 N = (u128)off * (2 * lo + off) * p->den;
+    int a = 1;
+    if (N >= p->acc_den) { /* γ ≥ 1: the last bins' far ends only */
+        TRY(bern_exp_wide(s, N, p->acc_den, &a));
+    } else if (N) {
+        /* Algorithm 1's first trial, Bernoulli(γ): u uniform on [0, acc_den) from x2 by Lemire's
+         * method (src_below with its first word given); a 0 (the usual case, γ < 0.05 on average)
+         * accepts at once, a 1 continues the trials from k = 2 */
+        const uint64_t n = p->acc_den;
+        u128 m = (u128)x2 * n;
+        uint64_t l = (uint64_t)m;
+        if (l < n) {
+            const uint64_t th = (0 - n) % n; /* 2^64 mod n: the biased low region */
+            while (l < th) {
+                TRY(src_u64(s, &x2));
+                m = (u128)x2 * n;
+                l = (uint64_t)m;
+            }
+        }
+        if ((uint64_t)(m >> 64) < (uint64_t)N)
+            TRY(bern_exp_le1_from(s, (uint64_t)N, n, 2, &a));
+    }
+    if (a) {
+        *z = neg ? -(int64_t)y : (int64_t)y;
+        *acc = 1;
+    }
+    return FP_OK;
+}
+
+static fp_status dgauss_table(const fp_dp_dgauss_t *p, src_t *s, int64_t *z)
+{
+    for (;;) {
+        uint64_t x, x2;
+        int acc;
+        TRY(src_u64(s, &x));
+        TRY(src_u64(s, &x2));
+        TRY(table_proposal(p, s, x, x2, z, &acc));
+        if (acc)
+            return FP_OK;
+    }
+}
+
+#define TABLE_BLOCK 32 /* proposals per block: 64 words, one SRC_BYTES refill */
+
+/* One group of proposals, in order, on the portable path: x[j] with x2[j]. Returns the samples
+ * written to z (at most `room`: proposals past it are left unused). */
+static fp_status table_group(const fp_dp_dgauss_t *p, src_t *s, const uint64_t *x, const uint64_t *x2, int cnt,
+                             int64_t *z, size_t room, size_t *written)
+{
+    size_t i = 0;
+    for (int j = 0; j < cnt && i < room; j++) {
+        const int r = table_fast(p, x[j], x2[j], &z[i]);
+        if (__builtin_expect(r == TABLE_SLOW, 0)) {
+            int acc;
+            TRY(table_proposal(p, s, x[j], x2[j], &z[i], &acc));
+            i += (size_t)acc;
+        } else {
+            i += r == TABLE_ACCEPT;
+        }
+    }
+    *written = i;
+    return FP_OK;
+}
+
+#if NOISE_AVX512
+static int simd_on = -1; /* -1: not decided yet; fp_dp_noise_set_simd */
+
+static int simd_usable(void)
+{
+    __builtin_cpu_init();
+    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+}
+
+/* table_fast on 8 proposals at once, for σ² with a power-of-two denominator 2^e (then
+ * N = off·(2lo + off)·2^e, and N ≥ acc_den exactly when the product reaches ad_shr =
+ * ⌈acc_den / 2^e⌉). Returns -1, writing nothing, when any lane needs the exact path (the group
+ * then goes through table_group, in order, for the same outputs); else the accepted samples,
+ * written to z in lane order. */
+__attribute__((target("avx512f,avx512dq"))) static int table_group8_avx512(const fp_dp_dgauss_t *p, const uint64_t *xs,
+                                                                           const uint64_t *x2s, unsigned e,
+                                                                           uint64_t ad_shr, int64_t *z)
+{
+    const fp_dp_dgauss_table_t *t = &p->table;
+    const unsigned lw = t->log2w, k = 52 - lw;
+    const __m512i x = _mm512_loadu_si512((const void *)xs), x2 = _mm512_loadu_si512((const void *)x2s);
+    const __m512i c = _mm512_srli_epi64(x, 53);
+    const __m512i u_top =
+        _mm512_and_si512(_mm512_srl_epi64(x, _mm_cvtsi32_si128((int)lw)), _mm512_set1_epi64((long long)(((uint64_t)1 << k) - 1)));
+    const __m512i t_top = _mm512_srl_epi64(_mm512_i64gather_epi64(c, (const void *)t->thr_hi, 8),
+                                           _mm_cvtsi32_si128((int)(64 - k)));
+    const __mmask8 tie = _mm512_cmpeq_epu64_mask(u_top, t_top), keep = _mm512_cmplt_epu64_mask(u_top, t_top);
+    /* alias[c]: 32-bit loads at alias + 2c (the last one reads into log2w, inside the struct) */
+    const __m512i al = _mm512_and_si512(_mm512_cvtepu32_epi64(_mm512_i64gather_epi32(c, (const void *)t->alias, 2)),
+                                        _mm512_set1_epi64(0xffff));
+    const __m512i b = _mm512_mask_blend_epi64(keep, al, c);
+    const __m512i off = _mm512_and_si512(x, _mm512_set1_epi64((long long)(((uint64_t)1 << lw) - 1)));
+    const __m512i lo = _mm512_sll_epi64(b, _mm_cvtsi32_si128((int)lw)), y = _mm512_add_epi64(lo, off);
+    const __m512i prod = _mm512_mullo_epi64(off, _mm512_add_epi64(_mm512_add_epi64(lo, lo), off));
+    const __mmask8 big = _mm512_cmpge_epu64_mask(prod, _mm512_set1_epi64((long long)ad_shr));
+    const __m512i N = _mm512_sll_epi64(prod, _mm_cvtsi32_si128((int)e)); /* exact where !big */
+    /* x2·acc_den, 128 bits, from 32-bit halves */
+    const __m512i ad = _mm512_set1_epi64((long long)p->acc_den), ad_hi = _mm512_srli_epi64(ad, 32);
+    const __m512i x_hi = _mm512_srli_epi64(x2, 32), m32 = _mm512_set1_epi64(0xffffffffLL);
+    const __m512i ll = _mm512_mul_epu32(x2, ad), lh = _mm512_mul_epu32(x2, ad_hi), hl = _mm512_mul_epu32(x_hi, ad),
+                  hh = _mm512_mul_epu32(x_hi, ad_hi);
+    const __m512i mid = _mm512_add_epi64(_mm512_add_epi64(_mm512_srli_epi64(ll, 32), _mm512_and_si512(lh, m32)),
+                                         _mm512_and_si512(hl, m32));
+    const __m512i lo64 = _mm512_or_si512(_mm512_and_si512(ll, m32), _mm512_slli_epi64(mid, 32));
+    const __m512i hi64 = _mm512_add_epi64(_mm512_add_epi64(hh, _mm512_srli_epi64(lh, 32)),
+                                          _mm512_add_epi64(_mm512_srli_epi64(hl, 32), _mm512_srli_epi64(mid, 32)));
+    const __mmask8 slow = tie | big | _mm512_cmplt_epu64_mask(lo64, ad) | _mm512_cmplt_epu64_mask(hi64, N);
+    if (slow)
+        return -1;
+    const __m512i zero = _mm512_setzero_si512();
+    const __mmask8 neg = _mm512_test_epi64_mask(x, _mm512_set1_epi64((long long)((uint64_t)1 << 52)));
+    const __mmask8 acc = (__mmask8)~(neg & _mm512_cmpeq_epu64_mask(y, zero));
+    _mm512_mask_compressstoreu_epi64((void *)z, acc, _mm512_mask_sub_epi64(y, neg, zero, y));
+    return __builtin_popcount(acc);
+}
+#endif
+
+int fp_dp_noise_set_simd(int on)
+{
+#if NOISE_AVX512
+    const int v = on && simd_usable();
+    __atomic_store_n(&simd_on, v, __ATOMIC_RELAXED);
+    return v;
+#else
+    (void)on;
+    return 0;
+#endif
+}
+
+/* n samples: blocks of proposals whose words are fetched at once (x from the first half, x2 from
+ * the second), decided in order by groups of 8 (AVX-512) or one by one; a proposal that the
+ * fast path cannot decide goes to table_proposal with the same words (further words drawn after
+ * the block). Unused proposals of the last block are erased with it. */
+static fp_status dgauss_table_n(const fp_dp_dgauss_t *p, src_t *s, int64_t *z, size_t n)
+{
+    uint64_t w[2 * TABLE_BLOCK];
+    fp_status st = FP_OK;
+    size_t i = 0;
+#if NOISE_AVX512
+    int use = __atomic_load_n(&simd_on, __ATOMIC_RELAXED);
+    if (use < 0) { /* every thread computes the same value */
+        use = simd_usable();
+        __atomic_store_n(&simd_on, use, __ATOMIC_RELAXED);
+    }
+    unsigned e = 0;
+    while (e < 63 && ((p->den >> e) & 1) == 0)
+        e++;
+    const int vec = use && p->den == (uint64_t)1 << e;
+    const uint64_t ad_shr = vec ? (uint64_t)(((u128)p->acc_den + ((u128)1 << e) - 1) >> e) : 0;
+#endif
+    while (i < n && st == FP_OK) {
+        /* straight from the generator: s's buffer serves only the exact path's further draws */
+        if ((st = fp_csprng_bytes(s->r, w, sizeof w)) != FP_OK)
+            break;
+#if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
+        for (int j = 0; j < 2 * TABLE_BLOCK; j++)
+            w[j] = __builtin_bswap64(w[j]); /* little-endian words, as src_u64 reads them */
+#endif
+        for (int g = 0; g < TABLE_BLOCK && i < n && st == FP_OK; g += 8) {
+            const uint64_t *x = w + g, *x2 = w + TABLE_BLOCK + g;
+#if NOISE_AVX512
+            if (vec && n - i >= 8) {
+                const int r = table_group8_avx512(p, x, x2, e, ad_shr, z + i);
+                if (r >= 0) {
+                    i += (size_t)r;
+                    continue;
+                }
+            }
+#endif
+            size_t got = 0;
+            st = table_group(p, s, x, x2, 8, z + i, n - i, &got);
+            i += got;
+        }
+    }
+    OPENSSL_cleanse(w, sizeof w);
+    return st;
+}
+
+fp_status fp_dp_dgauss_table_selfcheck(const fp_dp_dgauss_t *g, fp_csprng_t *r, size_t n, size_t *n_fast)
+{
+    if (!g || !r || !g->table_on)
+        return FP_FAIL(FP_ERR_INVALID, "table_selfcheck: NULL argument or no table");
+    src_t s;
+    src_init(&s, r);
+    fp_status st = FP_OK;
+    size_t fast = 0;
+    for (size_t i = 0; i < n && st == FP_OK; i++) {
+        uint64_t x, x2;
+        if ((st = src_u64(&s, &x)) != FP_OK || (st = src_u64(&s, &x2)) != FP_OK)
+            break;
+        /* every third pair: x2 moved to either side of the first trial's boundary for this x */
+        if (i % 3 != 0) {
+            const unsigned lw = g->table.log2w, c = (unsigned)(x >> 53), k = 52 - lw;
+            const uint64_t u_top = (x >> lw) & (((uint64_t)1 << k) - 1);
+            const uint64_t b = u_top < g->table.thr_hi[c] >> (64 - k) ? c : g->table.alias[c];
+            const uint64_t off = x & (((uint64_t)1 << lw) - 1), lo = b << lw;
+            const u128 N = (u128)off * (2 * lo + off) * g->den;
+            if (N > 0 && N < g->acc_den) {
+                /* lim, the smallest x2 with ⌊x2·acc_den / 2^64⌋ ≥ N, leaves a low part below
+                 * acc_den (the exact path's case); lim + 1 is the first the fast path decides
+                 * (trial 0), lim − 1 the last with trial 1 */
+                const u128 lim = (((u128)N << 64) + g->acc_den - 1) / g->acc_den;
+                if (lim + 1 <= UINT64_MAX && lim >= 1)
+                    x2 = i % 3 == 1 ? (uint64_t)lim + 1 : (uint64_t)lim - 1;
+            }
+        }
+        int64_t zf = 0, zs = 0;
+        const int rf = table_fast(g, x, x2, &zf);
+        if (rf == TABLE_SLOW)
+            continue;
+        fast++;
+        const unsigned pos = s.pos, nbits = s.nbits;
+        int acc;
+        if ((st = table_proposal(g, &s, x, x2, &zs, &acc)) != FP_OK)
+            break;
+        if (s.pos != pos || s.nbits != nbits)
+            st = FP_FAIL(FP_ERR_INTERNAL, "table_selfcheck: pair %zu (%016llx %016llx): the exact path drew words "
+                         "where the fast one decided", i, (unsigned long long)x, (unsigned long long)x2);
+        else if (acc != (rf == TABLE_ACCEPT) || (acc && zs != zf))
+            st = FP_FAIL(FP_ERR_INTERNAL, "table_selfcheck: pair %zu (%016llx %016llx): fast %s %lld, exact %s %lld",
+                         i, (unsigned long long)x, (unsigned long long)x2, rf == TABLE_ACCEPT ? "accepts" : "rejects",
+                         (long long)zf, acc ? "accepts" : "rejects", (long long)zs);
+    }
+    src_done(&s);
+    if (n_fast)
+        *n_fast = fast;
+    return st;
 }
 
 static fp_status dgauss_one(const fp_dp_dgauss_t *p, src_t *s, int64_t *z)
@@ -569,8 +825,11 @@ fp_status fp_dp_dgauss_sample_n(const fp_dp_dgauss_t *g, fp_csprng_t *r, int64_t
     src_t s;
     src_init(&s, r);
     fp_status st = FP_OK;
-    for (size_t i = 0; i < n && st == FP_OK; i++)
-        st = dgauss_one(g, &s, &z[i]);
+    if (g->table_on)
+        st = dgauss_table_n(g, &s, z, n);
+    else
+        for (size_t i = 0; i < n && st == FP_OK; i++)
+            st = dgauss_one(g, &s, &z[i]);
     src_done(&s);
     return st;
 }
@@ -624,11 +883,50 @@ double fp_dp_grid_sensitivity(double l2_bound, size_t n, double grid)
     return l2_bound + grid * sqrt((double)n);
 }
 
+/* xs[j] ← grid·(round(xs[j]/grid) + z[j]), round half away from zero: v − trunc(v) is exact for
+ * |v| ≤ 2^52, and |k + z| < 2^53 is exact in double. round_add_pow2: grid a power of two, so
+ * x / grid is the exact x·(1/grid). */
+NOISE_VEC static void round_add_pow2(float *restrict xs, const int64_t *restrict z, size_t m, double grid, double inv)
+{
+    for (size_t j = 0; j < m; j++) {
+        const double v = (double)xs[j] * inv, t = trunc(v);
+        const double k = t + (fabs(v - t) >= 0.5 ? copysign(1.0, v) : 0.0);
+        xs[j] = (float)(grid * (k + (double)z[j]));
+    }
+}
+
+static void round_add(float *restrict xs, const int64_t *restrict z, size_t m, double grid)
+{
+    for (size_t j = 0; j < m; j++) {
+        const double v = (double)xs[j] / grid, t = trunc(v);
+        const double k = t + (fabs(v - t) >= 0.5 ? copysign(1.0, v) : 0.0);
+        xs[j] = (float)(grid * (k + (double)z[j]));
+    }
+}
+
+/* The index of the first x[i] that is not finite or has |x[i]| > xmax; n if none. Decided a
+ * block at a time without early exits (so the compiler vectorises it), then located. */
+NOISE_VEC static size_t first_out_of_range(const float *x, size_t n, double xmax)
+{
+    enum { BLK = 4096 };
+    for (size_t i0 = 0; i0 < n; i0 += BLK) {
+        const size_t m = n - i0 < BLK ? n - i0 : BLK;
+        int bad = 0;
+        for (size_t j = 0; j < m; j++)
+            bad |= !(fabs((double)x[i0 + j]) <= xmax); /* NaN compares false */
+        if (bad)
+            for (size_t j = 0; j < m; j++)
+                if (!(fabs((double)x[i0 + j]) <= xmax))
+                    return i0 + j;
+    }
+    return n;
+}
+
 /* One chunk: x ← grid·(round(x/grid) + Z). |round(x/grid)| ≤ 2^52 and |Z| ≤ 2^41, so the integer
  * sum is exact in int64 and in double. */
 static fp_status noise_chunk(float *x, size_t n, double grid, const fp_dp_dgauss_t *p, fp_csprng_t *r)
 {
-    enum { BATCH = 256 }; /* samples first, then a loop the compiler can vectorise */
+    enum { BATCH = 1024 }; /* samples first, then a loop the compiler can vectorise */
     int e;
     const int pow2 = frexp(grid, &e) == 0.5; /* then x / grid is the exact x * (1 / grid) */
     const double inv = 1.0 / grid;
@@ -638,18 +936,17 @@ static fp_status noise_chunk(float *x, size_t n, double grid, const fp_dp_dgauss
     fp_status st = FP_OK;
     for (size_t i0 = 0; i0 < n && st == FP_OK; i0 += BATCH) {
         const size_t m = n - i0 < BATCH ? n - i0 : BATCH;
-        for (size_t j = 0; j < m && st == FP_OK; j++)
-            st = dgauss_one(p, &s, &z[j]);
+        if (p->table_on)
+            st = dgauss_table_n(p, &s, z, m);
+        else
+            for (size_t j = 0; j < m && st == FP_OK; j++)
+                st = dgauss_one(p, &s, &z[j]);
         if (st != FP_OK)
             break;
-        float *xs = x + i0;
-        for (size_t j = 0; j < m; j++) {
-            const double v = pow2 ? (double)xs[j] * inv : (double)xs[j] / grid;
-            /* round(v), half away from zero: v − trunc(v) is exact for |v| ≤ 2^52 */
-            const double t = trunc(v);
-            const double k = t + (fabs(v - t) >= 0.5 ? copysign(1.0, v) : 0.0);
-            xs[j] = (float)(grid * (k + (double)z[j])); /* |k + z| < 2^53: exact */
-        }
+        if (pow2)
+            round_add_pow2(x + i0, z, m, grid, inv);
+        else
+            round_add(x + i0, z, m, grid);
     }
     OPENSSL_cleanse(z, sizeof z);
     src_done(&s);
@@ -671,12 +968,11 @@ fp_status fp_dp_add_noise(float *x, size_t n, double sigma, double grid, fp_cspr
     fp_dp_dgauss_t p;
     TRY(fp_dp_dgauss_init_grid(&p, sigma, grid));
     const double xmax = ldexp(grid, 52);
-    for (size_t i = 0; i < n; i++) {
-        if (!isfinite(x[i]))
-            return FP_FAIL(FP_ERR_NUMERIC, "add_noise: x[%zu] is %g", i, (double)x[i]);
-        if (fabs((double)x[i]) > xmax)
-            return FP_FAIL(FP_ERR_RANGE, "add_noise: |x[%zu]| = %g exceeds grid*2^52", i, fabs((double)x[i]));
-    }
+    const size_t i = first_out_of_range(x, n, xmax);
+    if (i < n && !isfinite(x[i]))
+        return FP_FAIL(FP_ERR_NUMERIC, "add_noise: x[%zu] is %g", i, (double)x[i]);
+    if (i < n)
+        return FP_FAIL(FP_ERR_RANGE, "add_noise: |x[%zu]| = %g exceeds grid*2^52", i, fabs((double)x[i]));
     size_t nchunks = (n + FP_DP_NOISE_CHUNK - 1) / FP_DP_NOISE_CHUNK;
     fp_status result = FP_OK;
     for (size_t c0 = 0; c0 < nchunks && result == FP_OK; c0 += WAVE) {

@@ -97,6 +97,20 @@ double fp_dp_dgauss_sigma2(const fp_dp_dgauss_t *g);
 
 /* n samples of the discrete Gaussian into z[0..n). */
 fp_status fp_dp_dgauss_sample_n(const fp_dp_dgauss_t *g, fp_csprng_t *r, int64_t *z, size_t n);
+
+/* Testing: draws n proposals' words from r (a third of them with the second word placed on either
+ * side of the in-bin trial's boundary) and checks that wherever the table sampler's fast path
+ * decides a proposal, its exact path (the whole algorithm, given the same words) decides it the
+ * same way without drawing more. *n_fast (may be NULL): proposals the fast path decided.
+ * Errors: FP_ERR_INVALID (NULL, or g has no table), FP_ERR_INTERNAL naming the first disagreeing
+ * pair. */
+fp_status fp_dp_dgauss_table_selfcheck(const fp_dp_dgauss_t *g, fp_csprng_t *r, size_t n, size_t *n_fast);
+
+/* Testing and benchmarks: on = 0 keeps the table sampler on its portable path; on = 1 (the
+ * default) lets it decide proposals 8 at a time with AVX-512 where the CPU has AVX-512F/DQ. Both
+ * give the same samples from the same generator (tested). Returns 1 if AVX-512 is now in use.
+ * Call while no thread is sampling. */
+int fp_dp_noise_set_simd(int on);
 fp_status fp_dp_dgauss_sample(const fp_dp_dgauss_t *g, fp_csprng_t *r, int64_t *z);
 
 /* Exact Bernoulli(exp(−num/den)) (CKS 2020 Algorithm 1) into *out (0 or 1); den ≥ 1.

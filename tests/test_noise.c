@@ -436,6 +436,78 @@ static void test_dgauss_table_accuracy(void **state)
     assert_int_equal(q.table_on, 0);
 }
 
+/* The table sampler's fast path against its exact path on the same words (noise.c): wherever the
+ * fast one decides a proposal, the whole algorithm must decide it identically, including the pairs
+ * placed on either side of the first in-bin trial's boundary; over the σ range of the table, and
+ * with a non-dyadic σ² (den ≠ 2^k). */
+static void test_dgauss_table_fast_path(void **state)
+{
+    (void)state;
+    const double sigmas[] = {4096.0, 5000.5, 2097152.0, 1073741000.0};
+    static fp_dp_dgauss_t p;
+    fp_csprng_t *g = seeded(40);
+    for (size_t t = 0; t <= sizeof sigmas / sizeof sigmas[0]; t++) {
+        if (t < sizeof sigmas / sizeof sigmas[0])
+            assert_int_equal(fp_dp_dgauss_init(&p, sigmas[t]), FP_OK);
+        else
+            assert_int_equal(fp_dp_dgauss_init_rational(&p, 100000000001ULL, 3), FP_OK); /* σ ≈ 182574 */
+        assert_int_equal(p.table_on, 1);
+        size_t fast = 0;
+        const size_t n = 300000;
+        if (fp_dp_dgauss_table_selfcheck(&p, g, n, &fast) != FP_OK)
+            fail_msg("%s", fp_error_message());
+        print_message("  table %zu: fast path decided %zu of %zu proposals\n", t, fast, n);
+        /* the random third is decided there about 99% of the time, the pairs just above the
+         * boundary always, those just below never */
+        assert_true(fast > n / 2 && fast < n * 7 / 10);
+    }
+    size_t fast = 0;
+    static fp_dp_dgauss_t q;
+    assert_int_equal(fp_dp_dgauss_init(&q, 100.0), FP_OK);
+    assert_int_equal(fp_dp_dgauss_table_selfcheck(&q, g, 10, &fast), FP_ERR_INVALID);
+    fp_csprng_destroy(g);
+}
+
+/* The 8-lane AVX-512 path and the portable one give the same samples from the same seed (where
+ * the CPU has AVX-512; elsewhere both runs take the portable path), for a dyadic σ² (the path's
+ * case) and a non-dyadic one (always portable), through fp_dp_dgauss_sample_n and
+ * fp_dp_add_noise. */
+static void test_dgauss_table_simd_equals_portable(void **state)
+{
+    (void)state;
+    static fp_dp_dgauss_t p;
+    enum { N = 200003 };
+    static int64_t a[N], b[N];
+    static float va[N], vb[N];
+    for (int t = 0; t < 2; t++) {
+        if (t == 0)
+            assert_int_equal(fp_dp_dgauss_init(&p, 2097152.0), FP_OK);
+        else
+            assert_int_equal(fp_dp_dgauss_init_rational(&p, 100000000001ULL, 3), FP_OK);
+        fp_csprng_t *g1 = seeded(50), *g2 = seeded(50);
+        const int simd = fp_dp_noise_set_simd(1);
+        print_message("  sigma^2 %llu/%llu: AVX-512 path %s\n", (unsigned long long)p.num, (unsigned long long)p.den,
+                      simd ? "available" : "not available on this CPU");
+        assert_int_equal(fp_dp_dgauss_sample_n(&p, g1, a, N), FP_OK);
+        fp_dp_noise_set_simd(0);
+        assert_int_equal(fp_dp_dgauss_sample_n(&p, g2, b, N), FP_OK);
+        assert_memory_equal(a, b, sizeof a);
+        fp_csprng_destroy(g1);
+        fp_csprng_destroy(g2);
+    }
+    fp_csprng_t *g1 = seeded(51), *g2 = seeded(51);
+    for (int i = 0; i < N; i++)
+        va[i] = vb[i] = (float)(i % 97) * 0.25f - 10.0f;
+    fp_dp_noise_set_simd(1);
+    assert_int_equal(fp_dp_add_noise(va, N, 1.0, 0x1p-21, g1), FP_OK);
+    fp_dp_noise_set_simd(0);
+    assert_int_equal(fp_dp_add_noise(vb, N, 1.0, 0x1p-21, g2), FP_OK);
+    assert_memory_equal(va, vb, sizeof va);
+    fp_dp_noise_set_simd(1);
+    fp_csprng_destroy(g1);
+    fp_csprng_destroy(g2);
+}
+
 /* The table sampler's output against the exact pmf where a fault in it would show: the offsets
  * within a bin (z mod W, chi-square over the W residues: a wrong offset range or acceptance shows
  * as a slope), the bins (chi-square over |z| / W), the sign, and the moments, tails and KS of
@@ -727,6 +799,8 @@ int main(void)
         cmocka_unit_test(test_dgauss_sigma_below_one),
         cmocka_unit_test(test_dgauss_large_sigma),
         cmocka_unit_test(test_dgauss_table_accuracy),
+        cmocka_unit_test(test_dgauss_table_fast_path),
+        cmocka_unit_test(test_dgauss_table_simd_equals_portable),
         cmocka_unit_test(test_dgauss_table_vs_exact),
         cmocka_unit_test(test_dgauss_determinism),
         cmocka_unit_test(test_dgauss_conversion),
