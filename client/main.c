@@ -77,18 +77,16 @@ static void add_eval_json(json_object *o, int k, const fp_eval_result_t *r, int 
     json_object_object_add(o, "eval_users", json_object_new_int64(r->users));
 }
 
+/* --format NAME, checked against the config's own names for data.format (config.c). */
 static fp_status parse_format(const char *s, fp_data_format *f)
 {
     if (!s)
         return FP_OK;
-    if (!strcmp(s, "auto"))
-        *f = FP_FORMAT_AUTO;
-    else if (!strcmp(s, "text"))
-        *f = FP_FORMAT_TEXT;
-    else if (!strcmp(s, "csv"))
-        *f = FP_FORMAT_CSV;
-    else
-        return FP_FAIL(FP_ERR_INVALID, "--format: '%s' is not auto, text or csv", s);
+    static fp_config_t tmp; /* a scratch config (large); main thread only */
+    fp_config_defaults(&tmp);
+    if (fp_config_set_enum(&tmp, "data", "format", s) != FP_OK)
+        return FP_FAIL(FP_ERR_INVALID, "--format: %s", fp_error_message());
+    *f = tmp.data.format;
     return FP_OK;
 }
 

@@ -287,6 +287,12 @@ static void test_bad_flags(void **state)
     assert_int_equal(run("train --data data.txt --out x --block postnorm"), 2);
     assert_int_equal(run("train --data data.txt --out x --seed -1"), 1);
     assert_int_equal(run("embed --model model/model.safetensors --data data.txt"), 2);
+    /* --format: the config's names, on every command that reads data */
+    assert_int_equal(run("train --data data.txt --out x --format xml"), 1);
+    assert_non_null(strstr(err_buf, "--format: data.format: 'xml' is not auto, text or csv"));
+    assert_int_equal(run("eval --model model/model.safetensors --data data.txt --format CSV"), 1);
+    assert_non_null(strstr(err_buf, "'CSV' is not auto, text or csv"));
+    assert_int_equal(run("eval --model model/model.safetensors --data data.txt --format text --eval-users 20 --quiet"), 0);
 }
 
 static void test_bad_files(void **state)
