@@ -15,7 +15,9 @@
 # Everything it prints goes to OUTDIR/gpu-check.log as well, with nvidia-smi, the test outputs and
 # one JSON line per timed run (OUTDIR/runs.jsonl). Exit status: non-zero if the build or a test
 # fails; a missing PyTorch only skips the peer runs (said in the log).
-# Environment: SKIP_BUILD=1 reuses build-gpu/ as it is; G_USERS / L_USERS change the user counts.
+# Environment: SKIP_BUILD=1 reuses the build folder as it is; BUILD_DIR (default build-gpu);
+# G_USERS / L_USERS / L_ITEMS change the synthetic sets; CONFIGS (default "G L") picks them;
+# DEVICE (default cuda) = cpu dry-runs the whole script's plumbing on a machine without a GPU.
 set -euo pipefail
 OUT=${1:?usage: scripts/gpu-check.sh OUTDIR}
 mkdir -p "$OUT"
@@ -26,7 +28,8 @@ exec > >(tee "$OUT/gpu-check.log") 2>&1
 echo "gpu-check: $(date -u +%FT%TZ) on $(hostname), tree $(git rev-parse --short HEAD 2>/dev/null || echo '?')"
 nvidia-smi >"$OUT/nvidia-smi.txt" 2>&1 && head -15 "$OUT/nvidia-smi.txt" || echo "gpu-check: nvidia-smi failed (see nvidia-smi.txt)"
 
-B=build-gpu
+B=${BUILD_DIR:-build-gpu}
+DEV=${DEVICE:-cuda}
 if [ "${SKIP_BUILD:-0}" != 1 ]; then
   missing=""
   for p in openblas libfyaml json-c cmocka grpc libprotobuf-c; do
@@ -57,17 +60,21 @@ done
 grep -E "device auto|worst" "$OUT/test_cuda.txt" | head -40 || true
 
 # where a step's time goes on the GPU (forward, backward, Adam; the DP-SGD step and its noise)
-"$B/fedprof-bench-step" --device cuda --maxlen 50 --items 23715 --mean-len 9.3 --batch 128 --threads "$(nproc)" \
+"$B/fedprof-bench-step" --device "$DEV" --maxlen 50 --items 23715 --mean-len 9.3 --batch 128 --threads "$(nproc)" \
   --steps 30 --dp-steps 5 >"$OUT/bench_step_G.txt" 2>&1 || { echo "gpu-check: bench-step G failed"; status=1; }
-"$B/fedprof-bench-step" --device cuda --dim 256 --blocks 4 --maxlen 200 --items 1000000 --mean-len 100 --batch 256 \
-  --threads "$(nproc)" --steps 10 --dp-steps 0 >"$OUT/bench_step_L.txt" 2>&1 || { echo "gpu-check: bench-step L failed"; status=1; }
+case " ${CONFIGS:-G L} " in *" L "*)
+  "$B/fedprof-bench-step" --device "$DEV" --dim 256 --blocks 4 --maxlen 200 --items "${L_ITEMS:-1000000}" --mean-len 100 \
+    --batch 256 --threads "$(nproc)" --steps 10 --dp-steps 0 >"$OUT/bench_step_L.txt" 2>&1 ||
+    { echo "gpu-check: bench-step L failed"; status=1; } ;;
+esac
 grep -hE "device:|forward|throughput|DP" "$OUT"/bench_step_*.txt || true
 
 PY=${PYTHON:-python3}
 have_torch=0
-if "$PY" -c 'import torch, sys; sys.exit(0 if torch.cuda.is_available() else 1)' 2>/dev/null; then
+if "$PY" -c 'import torch, sys; sys.exit(0 if sys.argv[1] == "cpu" or torch.cuda.is_available() else 1)' "$DEV" 2>/dev/null; then
   have_torch=1
-  "$PY" -c 'import torch; print("torch", torch.__version__, "cuda", torch.version.cuda, torch.cuda.get_device_name(0))'
+  "$PY" -c 'import torch, sys; print("torch", torch.__version__, "cuda", torch.version.cuda,
+    torch.cuda.get_device_name(0) if sys.argv[1] == "cuda" else "(dry run on the CPU)")' "$DEV"
 else
   echo "gpu-check: no PyTorch with CUDA in $PY: peer runs skipped"
 fi
@@ -78,22 +85,23 @@ mkdir -p "$DATA"
 runs="$OUT/runs.jsonl"
 : >"$runs"
 # name users items mean_len dim blocks heads maxlen batch dropout
-configs=("G ${G_USERS:-31013} 23715 9.3 50 2 1 50 128 0.5" "L ${L_USERS:-8192} 1000000 100 256 4 1 200 256 0.2")
+configs=("G ${G_USERS:-31013} 23715 9.3 50 2 1 50 128 0.5" "L ${L_USERS:-8192} ${L_ITEMS:-1000000} 100 256 4 1 200 256 0.2")
 for c in "${configs[@]}"; do
   read -r name users items meanlen dim blocks heads maxlen batch dropout <<<"$c"
+  case " ${CONFIGS:-G L} " in *" $name "*) ;; *) continue ;; esac
   f="$DATA/$name.txt"
   "$FP" synth --out "$f" --users "$users" --items "$items" --mean-len "$meanlen" --seed 7 >/dev/null
-  for dev in cuda; do
+  for dev in "$DEV"; do
     line=$("$FP" train --data "$f" --out "$DATA/$name-$dev" --device "$dev" --epochs 1 --eval-every 0 \
       --eval-users 1000 --no-full --dim "$dim" --blocks "$blocks" --heads "$heads" --maxlen "$maxlen" \
       --batch "$batch" --dropout "$dropout" --threads "$(nproc)" --json --quiet | tail -1) || { echo "gpu-check: fedprof $name $dev failed"; status=1; continue; }
     echo "{\"config\":\"$name\",\"impl\":\"fedprof\",\"device\":\"$dev\",\"result\":$line}" | tee -a "$runs"
   done
   if [ "$have_torch" = 1 ]; then
-    line=$("$PY" bench/torch_sasrec.py --data "$f" --device cuda --epochs 1 --dim "$dim" --blocks "$blocks" \
+    line=$("$PY" bench/torch_sasrec.py --data "$f" --device "$DEV" --epochs 1 --dim "$dim" --blocks "$blocks" \
       --heads "$heads" --maxlen "$maxlen" --batch "$batch" --dropout "$dropout" --threads "$(nproc)" | tail -1) ||
       { echo "gpu-check: torch $name failed"; status=1; continue; }
-    echo "{\"config\":\"$name\",\"impl\":\"torch\",\"device\":\"cuda\",\"result\":$line}" | tee -a "$runs"
+    echo "{\"config\":\"$name\",\"impl\":\"torch\",\"device\":\"$DEV\",\"result\":$line}" | tee -a "$runs"
   fi
 done
 "$PY" - "$runs" <<'EOF' || true
@@ -105,7 +113,7 @@ for r in rows:
 for cfg, v in by.items():
     fp, th = v.get("fedprof"), v.get("torch")
     ratio = f"{fp / th:.2f}x" if fp and th else "n/a"
-    print(f"config {cfg}: fedprof cuda {fp} seq/s, torch cuda {th} seq/s, fedprof/torch {ratio}")
+    print(f"config {cfg}: fedprof {fp} seq/s, torch {th} seq/s, fedprof/torch {ratio}")
 EOF
 echo "gpu-check: done (status $status); results in $OUT"
 exit $status
