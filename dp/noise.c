@@ -541,19 +541,6 @@ static fp_status table_proposal(const fp_dp_dgauss_t *p, src_t *s, uint64_t x, u
     return FP_OK;
 }
 
-static fp_status dgauss_table(const fp_dp_dgauss_t *p, src_t *s, int64_t *z)
-{
-    for (;;) {
-        uint64_t x, x2;
-        int acc;
-        TRY(src_u64(s, &x));
-        TRY(src_u64(s, &x2));
-        TRY(table_proposal(p, s, x, x2, z, &acc));
-        if (acc)
-            return FP_OK;
-    }
-}
-
 #define TABLE_BLOCK 32 /* proposals per block: 64 words, one SRC_BYTES refill */
 
 /* One group of proposals, in order, on the portable path: x[j] with x2[j]. Returns the samples
@@ -745,10 +732,9 @@ fp_status fp_dp_dgauss_table_selfcheck(const fp_dp_dgauss_t *g, fp_csprng_t *r, 
     return st;
 }
 
+/* One sample by CKS (the table sampler, when on, goes through dgauss_table_n instead). */
 static fp_status dgauss_one(const fp_dp_dgauss_t *p, src_t *s, int64_t *z)
 {
-    if (p->table_on)
-        return dgauss_table(p, s, z);
     for (;;) {
         /* Discrete Laplace proposal of scale t/sc (CKS Algorithm 2). */
         const uint64_t t = p->lap_t, sc = p->lap_s;
