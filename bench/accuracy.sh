@@ -8,7 +8,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 data=${FEDPROF_GAMES:-../shared/data/amazon-games.txt}
-epochs=200 threads=2 out=bench-out/games
+epochs=400 threads=2 out=bench-out/games
 while [ $# -gt 0 ]; do
     case "$1" in
         --epochs) epochs=$2; shift 2 ;;
