@@ -20,7 +20,7 @@ fp_status fp_threads_env_init(char **argv)
         return FP_FAIL(FP_ERR_INVALID, "threads_env: argv is NULL");
     if (nonempty("OMP_WAIT_POLICY") || nonempty("GOMP_SPINCOUNT") || getenv(FP_THREADS_ENV_MARK))
         return FP_OK;
-    /* the mark first: if the exec fails after the spin count is set, the user still sees why */
+    /* the mark stops the new image (and any child) from re-executing again */
     if (setenv(FP_THREADS_ENV_MARK, "1", 1) != 0 || setenv("GOMP_SPINCOUNT", FP_THREADS_SPINCOUNT, 1) != 0)
         return FP_FAIL(FP_ERR_IO, "threads_env: setenv: %s", strerror(errno));
     fflush(NULL);

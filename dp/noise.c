@@ -590,7 +590,9 @@ __attribute__((target("avx512f,avx512dq"))) static int table_group8_avx512(const
     const __m512i t_top = _mm512_srl_epi64(_mm512_i64gather_epi64(c, (const void *)t->thr_hi, 8),
                                            _mm_cvtsi32_si128((int)(64 - k)));
     const __mmask8 tie = _mm512_cmpeq_epu64_mask(u_top, t_top), keep = _mm512_cmplt_epu64_mask(u_top, t_top);
-    /* alias[c]: 32-bit loads at alias + 2c (the last one reads into log2w, inside the struct) */
+    /* alias[c]: 32-bit loads at alias + 2c (the last one reads 2 bytes of log2w, inside the struct) */
+    _Static_assert(offsetof(fp_dp_dgauss_table_t, log2w) >= offsetof(fp_dp_dgauss_table_t, alias) + sizeof t->alias,
+                   "log2w must follow alias[] in the table");
     const __m512i al = _mm512_and_si512(_mm512_cvtepu32_epi64(_mm512_i64gather_epi32(c, (const void *)t->alias, 2)),
                                         _mm512_set1_epi64(0xffff));
     const __m512i b = _mm512_mask_blend_epi64(keep, al, c);
