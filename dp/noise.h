@@ -16,9 +16,9 @@
  * den ≤ num ≤ 2^60; for σ < 1, num < den ≤ 2^31. Every intermediate product is bounded by these
  * limits to fit 64 bits (128 bits in two places, where noted), so nothing can overflow.
  *
- * For σ ≥ FP_DP_DGAUSS_TABLE_MIN a table sampler replaces (1), about 14× faster (with AVX-512), with the two stated
- * departures from exactness described at fp_dp_dgauss_table_t below (TV ≤ 2^−96 per sample,
- * truncation at 32σ).
+ * For σ ≥ FP_DP_DGAUSS_TABLE_MIN a table sampler replaces (1), about 14× faster with AVX-512,
+ * with the two stated departures from exactness described at fp_dp_dgauss_table_t below
+ * (TV ≤ 2^−96 per sample, truncation at 32σ).
  *
  * Truncation (CKS's one departure from exactness, stated so the accountant can include it): a
  * proposal with |Z| > T, T = 1024·(⌊σ⌋ + 1) (T = 1024 when σ < 1), is refused. The output is
