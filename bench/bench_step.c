@@ -9,9 +9,9 @@
  * every parameter, Adam) with their noise time apart.
  *   fedprof-bench-step [--dim 50] [--blocks 2] [--heads 1] [--maxlen 200] [--batch 128]
  *                      [--items 3416] [--mean-len 50] [--threads 2] [--steps 50] [--dp-steps 10]
- *   fedprof-bench-step --noise N [--reps 5]: only fp_dp_add_noise's samples/s on N coordinates, at
- *                      the grid and sigma DP-SGD uses for N parameters (clip 1, sigma 1); threads
- *                      from OMP_NUM_THREADS (bench/dp.sh compares it with numpy)
+ *   fedprof-bench-step --noise N [--reps 5] [--threads 2]: only fp_dp_add_noise's samples/s on N
+ *                      coordinates, at the grid and sigma DP-SGD uses for N parameters (clip 1,
+ *                      sigma 1) (bench/dp.sh compares it with numpy)
  * A benchmark, not a test: it never fails because the machine is slow. */
 #include <math.h>
 #include <stdio.h>
@@ -89,6 +89,7 @@ int main(int argc, char **argv)
         return 2;
     }
     printf("device: %s\nidle threads: %s\n", dinfo, fp_threads_env_describe());
+    fp_k_set_threads(threads);
     if (noise_n > 0) {
         fp_dpsgd_plan_t plan;
         float *x = fp_buffer_alloc((size_t)noise_n);
@@ -116,7 +117,6 @@ int main(int argc, char **argv)
         fp_buffer_free(x);
         return 0;
     }
-    fp_k_set_threads(threads);
     double peak = gemm_rate(1024, 1024, 1024, 5);
     printf("sgemm 1024^3 (%d threads): %.1f GFLOP/s\n", threads, peak);
 

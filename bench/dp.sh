@@ -47,8 +47,8 @@ export OPENBLAS_NUM_THREADS=1
 
 echo "machine: $(lscpu | sed -n 's/^Model name: *//p'), $(nproc) cores; load: $(cut -d' ' -f1-3 /proc/loadavg)"
 rate() { sed -n 's/.*= \([0-9.e+]*\) samples\/s.*/\1/p'; }
-fp1=$(OMP_NUM_THREADS=1 "$BS" --noise "$N" --reps "$REPS" | tee /dev/stderr | rate)
-fp2=$(OMP_NUM_THREADS=2 "$BS" --noise "$N" --reps "$REPS" | tee /dev/stderr | rate)
+fp1=$("$BS" --noise "$N" --reps "$REPS" --threads 1 | tee /dev/stderr | rate)
+fp2=$("$BS" --noise "$N" --reps "$REPS" --threads 2 | tee /dev/stderr | rate)
 read -r np_gen np_add < <("$PY" - "$N" "$REPS" <<'EOF'
 import sys, time
 import numpy as np

@@ -64,9 +64,9 @@ void fp_k_free(void *p);
  * after a pass (the model does, after every forward and backward). */
 fp_status fp_k_take_error(void);
 
-/* Threads used by the following kernels called from this thread (clamped to [1, 256]). Also
- * forces OpenBLAS to one thread (a process-wide setting) so that its pool never competes with
- * ours. */
+/* Threads used by the following kernels called from this thread (clamped to [1, 256]), and by
+ * this thread's other OpenMP regions (omp_set_num_threads: the DP noise's). Also forces OpenBLAS
+ * to one thread (a process-wide setting) so that its pool never competes with ours. */
 void fp_k_set_threads(int n);
 int fp_k_threads(void);
 

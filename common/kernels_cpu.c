@@ -87,6 +87,9 @@ void fp_k_set_threads(int n)
         n = 256;
     fp_k_nthreads = n;
     openblas_set_num_threads(1);
+#ifdef _OPENMP
+    omp_set_num_threads(n); /* OpenMP regions outside the kernels (the DP noise) follow it too */
+#endif
 }
 
 int fp_k_threads(void) { return fp_k_nthreads; }

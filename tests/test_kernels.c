@@ -23,6 +23,9 @@
 
 #include <cmocka.h>
 
+#ifdef _OPENMP
+#include <omp.h>
+#endif
 #include "common/kernels.h"
 #include "common/rng.h"
 
@@ -159,6 +162,11 @@ static void test_sgemm(void **state)
     assert_int_equal(fp_k_threads(), 1);
     fp_k_set_threads(1000);
     assert_int_equal(fp_k_threads(), 256);
+#ifdef _OPENMP
+    /* the calling thread's other OpenMP regions (the DP noise) follow the setting too */
+    fp_k_set_threads(3);
+    assert_int_equal(omp_get_max_threads(), 3);
+#endif
     fp_k_set_threads(1);
 }
 
