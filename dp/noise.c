@@ -541,7 +541,7 @@ static fp_status table_proposal(const fp_dp_dgauss_t *p, src_t *s, uint64_t x, u
     return FP_OK;
 }
 
-#define TABLE_BLOCK 32 /* proposals per block: 64 words, one SRC_BYTES refill */
+#define TABLE_BLOCK 32 /* proposals per block: 64 keystream words (512 bytes) fetched at once */
 
 /* One group of proposals, in order, on the portable path: x[j] with x2[j]. Returns the samples
  * written to z (at most `room`: proposals past it are left unused). */
