@@ -289,31 +289,23 @@ static void test_elementwise(void **state)
         zeros += hm[i] == 0.0f;
     assert_true(fabs((double)zeros / n - 0.3) < 0.01);
     memcpy(mk, hm, n * sizeof *mk);
-    const float *masks[2] = {NULL, NULL};
+/* one elementwise kernel on the GPU (device arrays) and on the CPU (host arrays), outputs d_o, o */
+#define EW_PARITY(name, gpu_call, cpu_call)                     \
+    do {                                                        \
+        use(FP_K_DEVICE_CUDA);                                  \
+        gpu_call;                                               \
+        use(FP_K_DEVICE_CPU);                                   \
+        cpu_call;                                               \
+        assert_int_equal(cmp(name, d_o, o, n, EW), 0);          \
+    } while (0)
     for (int with = 0; with < 2; with++) {
-        masks[0] = with ? d_m : NULL;
-        masks[1] = with ? mk : NULL;
-        use(FP_K_DEVICE_CUDA);
-        fp_k_add_mul(d_o, d_x, d_y, masks[0], n);
-        use(FP_K_DEVICE_CPU);
-        fp_k_add_mul(o, x, y, masks[1], n);
-        assert_int_equal(cmp("add_mul", d_o, o, n, EW), 0);
-        use(FP_K_DEVICE_CUDA);
-        fp_k_relu_fwd(d_o, d_x, masks[0], n);
-        use(FP_K_DEVICE_CPU);
-        fp_k_relu_fwd(o, x, masks[1], n);
-        assert_int_equal(cmp("relu_fwd", d_o, o, n, EW), 0);
-        use(FP_K_DEVICE_CUDA);
-        fp_k_relu_bwd(d_o, d_y, d_x, masks[0], n);
-        use(FP_K_DEVICE_CPU);
-        fp_k_relu_bwd(o, y, x, masks[1], n);
-        assert_int_equal(cmp("relu_bwd", d_o, o, n, EW), 0);
+        const float *dm = with ? d_m : NULL, *hmk = with ? mk : NULL;
+        EW_PARITY("add_mul", fp_k_add_mul(d_o, d_x, d_y, dm, n), fp_k_add_mul(o, x, y, hmk, n));
+        EW_PARITY("relu_fwd", fp_k_relu_fwd(d_o, d_x, dm, n), fp_k_relu_fwd(o, x, hmk, n));
+        EW_PARITY("relu_bwd", fp_k_relu_bwd(d_o, d_y, d_x, dm, n), fp_k_relu_bwd(o, y, x, hmk, n));
     }
-    use(FP_K_DEVICE_CUDA);
-    fp_k_mul(d_o, d_x, d_m, n);
-    use(FP_K_DEVICE_CPU);
-    fp_k_mul(o, x, mk, n);
-    assert_int_equal(cmp("mul", d_o, o, n, EW), 0);
+    EW_PARITY("mul", fp_k_mul(d_o, d_x, d_m, n), fp_k_mul(o, x, mk, n));
+#undef EW_PARITY
     /* Adam and row scaling */
     float *p = hrand(n, 1), *m1 = hrand(n, 0.1), *v1 = hrand(n, 0.1);
     for (size_t i = 0; i < n; i++)
