@@ -82,11 +82,10 @@ static fp_status parse_format(const char *s, fp_data_format *f)
 {
     if (!s)
         return FP_OK;
-    static fp_config_t tmp; /* a scratch config (large); main thread only */
-    fp_config_defaults(&tmp);
-    if (fp_config_set_enum(&tmp, "data", "format", s) != FP_OK)
+    int v;
+    if (fp_config_enum_value("data", "format", s, &v) != FP_OK)
         return FP_FAIL(FP_ERR_INVALID, "--format: %s", fp_error_message());
-    *f = tmp.data.format;
+    *f = (fp_data_format)v;
     return FP_OK;
 }
 

@@ -709,10 +709,9 @@ static const char *type_name(cf_type t)
     return "?";
 }
 
-fp_status fp_config_set_enum(fp_config_t *c, const char *section, const char *key, const char *name)
+/* The field of a named-choice key, or an error naming it. */
+static fp_status enum_field(const char *section, const char *key, const cf_field **out)
 {
-    if (!c || !section || !key || !name)
-        return FP_FAIL(FP_ERR_INVALID, "fp_config_set_enum: NULL argument");
     int i = field_index(section, key, strlen(key));
     if (i < 0)
         return FP_FAIL(FP_ERR_INVALID, "%.40s.%.40s: no such key", section, key);
@@ -720,16 +719,43 @@ fp_status fp_config_set_enum(fp_config_t *c, const char *section, const char *ke
     if (f->type != CF_LOSS && f->type != CF_BLOCK && f->type != CF_FORMAT && f->type != CF_UNIT &&
         f->type != CF_FUNIT)
         return FP_FAIL(FP_ERR_INVALID, "%s.%s is not a named choice", f->section, f->key);
+    *out = f;
+    return FP_OK;
+}
+
+static fp_status enum_lookup(const cf_field *f, const char *name, int *value)
+{
     int count;
     const char *const *names = enum_names(f->type, &count);
     for (int k = 0; k < count; k++)
         if (strcmp(names[k], name) == 0) {
-            f_set_enum(c, f, k);
+            *value = k;
             return FP_OK;
         }
     char buf[64];
     return FP_FAIL(FP_ERR_INVALID, "%s.%s: '%s' is not %s", f->section, f->key, printable(name, strlen(name), buf,
                    sizeof buf), type_name(f->type));
+}
+
+fp_status fp_config_enum_value(const char *section, const char *key, const char *name, int *value)
+{
+    if (!section || !key || !name || !value)
+        return FP_FAIL(FP_ERR_INVALID, "fp_config_enum_value: NULL argument");
+    const cf_field *f;
+    fp_status st = enum_field(section, key, &f);
+    return st != FP_OK ? st : enum_lookup(f, name, value);
+}
+
+fp_status fp_config_set_enum(fp_config_t *c, const char *section, const char *key, const char *name)
+{
+    if (!c || !section || !key || !name)
+        return FP_FAIL(FP_ERR_INVALID, "fp_config_set_enum: NULL argument");
+    const cf_field *f;
+    int v;
+    fp_status st = enum_field(section, key, &f);
+    if (st == FP_OK && (st = enum_lookup(f, name, &v)) == FP_OK)
+        f_set_enum(c, f, v);
+    return st;
 }
 
 /* Refuse what we never accept anywhere: aliases (and so alias bombs) and explicit tags. */

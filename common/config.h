@@ -148,6 +148,9 @@ fp_status fp_config_validate(const fp_config_t *c);
  * name, as a config file would (for command-line flags). Errors: FP_ERR_INVALID naming the key and
  * the names it takes. */
 fp_status fp_config_set_enum(fp_config_t *c, const char *section, const char *key, const char *name);
+/* The same lookup without a config: *value = the key's enum value for name (e.g. FP_FORMAT_CSV
+ * for data.format "csv"). Same errors. */
+fp_status fp_config_enum_value(const char *section, const char *key, const char *name, int *value);
 /* The config as one JSON object (malloc'd; the caller frees), and back. The JSON holds only the
  * sections that travel between machines (in checkpoints, from the coordinator to its clients):
  * model, train, eval, data, dp and federation, with the keys of the YAML file (model.n_items is

@@ -1151,6 +1151,16 @@ static void test_set_enum(void **state)
     assert_int_equal(fp_config_set_enum(&c, "model", "nope", "x"), FP_ERR_INVALID);
     assert_int_equal(fp_config_set_enum(NULL, "model", "loss", "bce"), FP_ERR_INVALID);
     assert_int_equal(c.model.block, before.model.block); /* unchanged by a refusal */
+    /* the lookup alone */
+    int v = -1;
+    assert_int_equal(fp_config_enum_value("data", "format", "text", &v), FP_OK);
+    assert_int_equal(v, FP_FORMAT_TEXT);
+    assert_int_equal(fp_config_enum_value("federation", "unit", "client", &v), FP_OK);
+    assert_int_equal(v, FP_FED_UNIT_CLIENT);
+    assert_int_equal(fp_config_enum_value("data", "format", "xml", &v), FP_ERR_INVALID);
+    assert_non_null(strstr(fp_error_message(), "data.format: 'xml' is not auto, text or csv"));
+    assert_int_equal(fp_config_enum_value("model", "dim", "50", &v), FP_ERR_INVALID);
+    assert_int_equal(fp_config_enum_value("data", "format", "csv", NULL), FP_ERR_INVALID);
 }
 
 int main(void)
