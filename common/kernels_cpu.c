@@ -23,6 +23,7 @@
  * vs 0.61 us by sgemm; L=4 0.34 vs 0.24; L=16 0.46 vs 0.26; L=32 0.65 vs 0.41; L=200: 3.0 vs
  * 2.3). FP_ATT_GEMM_MIN is that cross-over. */
 #include "common/kernels.h"
+#include "common/kernels_rows.h"
 
 #include <cblas.h>
 #include <math.h>
@@ -800,15 +801,7 @@ void fp_k_attention_bwd(float *dq, float *dk, float *dv, float *datt, const floa
 
 /* ---------------------------------------------------------------- sampled losses */
 
-static inline double softplus(double x) { return (x > 0.0 ? x : 0.0) + log1p(exp(-fabs(x))); }
 
-static inline float sigmoidf(float x)
-{
-    if (x >= 0.0f)
-        return 1.0f / (1.0f + expf(-x));
-    float e = expf(x);
-    return e / (1.0f + e);
-}
 
 static inline float dotf(const float *a, const float *b, int C)
 {
@@ -831,21 +824,7 @@ double fp_k_sampled_loss_fwd(float *logits, const float *h, const int32_t *items
         const int32_t *it = items + (size_t)i * S;
         for (int j = 0; j < S; j++)
             z[j] = dotf(hi, emb + (size_t)it[j] * C, C);
-        double l;
-        if (kind == FP_K_LOSS_BCE) {
-            l = softplus(-(double)z[0]);
-            for (int j = 1; j < S; j++)
-                l += softplus((double)z[j]);
-        } else {
-            double mx = z[0];
-            for (int j = 1; j < S; j++)
-                mx = z[j] > mx ? z[j] : mx;
-            double s = 0.0;
-            for (int j = 0; j < S; j++)
-                s += exp((double)z[j] - mx);
-            l = mx + log(s) - (double)z[0];
-        }
-        total += l;
+        total += fp_row_loss(z, S, kind);
     }
     return total;
 }
@@ -960,26 +939,8 @@ void fp_k_sampled_loss_dlogits(float *logits, int n, int S, int kind, float scal
     ON_GPU(sampled_loss_dlogits, logits, n, S, kind, scale);
     int nt = team_for((size_t)n * S * 8, n);
 #pragma omp parallel for num_threads(nt) schedule(static)
-    for (int i = 0; i < n; i++) {
-        float *z = logits + (size_t)i * S;
-        if (kind == FP_K_LOSS_BCE) {
-            z[0] = -sigmoidf(-z[0]) * scale; /* d softplus(-z)/dz = s(z) - 1 */
-            for (int j = 1; j < S; j++)
-                z[j] = sigmoidf(z[j]) * scale;
-        } else {
-            float mx = z[0];
-            for (int j = 1; j < S; j++)
-                mx = z[j] > mx ? z[j] : mx;
-            float s = 0.0f;
-            for (int j = 0; j < S; j++) {
-                z[j] = expf(z[j] - mx);
-                s += z[j];
-            }
-            for (int j = 0; j < S; j++)
-                z[j] = z[j] / s * scale;
-            z[0] -= scale;
-        }
-    }
+    for (int i = 0; i < n; i++)
+        fp_row_dlogits(logits + (size_t)i * S, S, kind, scale);
 }
 
 void fp_k_sampled_scores_bwd(float *dh, float *demb, const float *dz, const float *h, const int32_t *items,

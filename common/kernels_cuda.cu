@@ -41,6 +41,7 @@ extern "C" {
 #include "common/errors.h"
 #include "common/kernels_cuda.h"
 }
+#include "common/kernels_rows.h" /* C++ here: static inline host/device functions, no linkage */
 
 /* ------------------------------------------------------------------ state and errors */
 
@@ -823,15 +824,7 @@ static int fp_kcuda_attention_bwd(float *dq, float *dk, float *dv, float *datt, 
 
 /* ------------------------------------------------------------------ sampled losses */
 
-__device__ double softplus_d(double x) { return (x > 0.0 ? x : 0.0) + log1p(exp(-fabs(x))); }
 
-__device__ float sigmoid_f(float x)
-{
-    if (x >= 0.0f)
-        return 1.0f / (1.0f + expf(-x));
-    float e = expf(x);
-    return e / (1.0f + e);
-}
 
 /* One warp per row: the S logits, then the row's loss (double) into rowloss[i]. */
 __global__ void k_loss_fwd(double *rowloss, float *logits, const float *h, const int32_t *items, const float *emb,
@@ -854,46 +847,13 @@ __global__ void k_loss_fwd(double *rowloss, float *logits, const float *h, const
     }
     if (lane != 0)
         return;
-    double l;
-    if (kind == 0) { /* FP_K_LOSS_BCE */
-        l = softplus_d(-(double)z[0]);
-        for (int j = 1; j < S; j++)
-            l += softplus_d((double)z[j]);
-    } else {
-        double mx = z[0];
-        for (int j = 1; j < S; j++)
-            mx = z[j] > mx ? z[j] : mx;
-        double s = 0.0;
-        for (int j = 0; j < S; j++)
-            s += exp((double)z[j] - mx);
-        l = mx + log(s) - (double)z[0];
-    }
-    rowloss[i] = l;
+    rowloss[i] = fp_row_loss(z, S, kind);
 }
 
 __global__ void k_dlogits(float *logits, int n, int S, int kind, float scale)
 {
     GRID_STRIDE(i, (size_t)n)
-    {
-        float *z = logits + i * S;
-        if (kind == 0) {
-            z[0] = -sigmoid_f(-z[0]) * scale;
-            for (int j = 1; j < S; j++)
-                z[j] = sigmoid_f(z[j]) * scale;
-        } else {
-            float mx = z[0];
-            for (int j = 1; j < S; j++)
-                mx = z[j] > mx ? z[j] : mx;
-            float s = 0.0f;
-            for (int j = 0; j < S; j++) {
-                z[j] = expf(z[j] - mx);
-                s += z[j];
-            }
-            for (int j = 0; j < S; j++)
-                z[j] = z[j] / s * scale;
-            z[0] -= scale;
-        }
-    }
+    fp_row_dlogits(logits + i * S, S, kind, scale);
 }
 
 __global__ void k_scores_dh(float *dh, const float *dz, const int32_t *items, const float *emb, int n, int S, int C)
