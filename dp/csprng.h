@@ -2,8 +2,9 @@
  *
  * A ChaCha20 keystream (OpenSSL EVP_chacha20) with "fast key erasure" (Bernstein 2017): each
  * refill encrypts zeros under the current key with nonce 0 and counter 0, keeps the first 32
- * bytes as the next key and hands out the following FP_CSPRNG_BLOCK bytes. A key therefore
- * produces at most 65 ChaCha blocks, so the 32-bit block counter can never wrap, and a memory
+ * bytes of block 0 as the next key (the rest of block 0 is discarded) and hands out the
+ * FP_CSPRNG_BLOCK bytes of blocks 1 .. FP_CSPRNG_BLOCK/64. A key therefore produces at most 257
+ * ChaCha blocks, so the 32-bit block counter can never wrap, and a memory
  * snapshot reveals no output produced before the last refill (backtracking resistance).
  *
  * Production generators are keyed from OpenSSL's RAND_bytes (fp_csprng_create_secure) and mix
@@ -26,7 +27,7 @@
 #include "common/errors.h"
 
 /* Bytes handed out per refill (one EVP call); the key is replaced at every refill. */
-#define FP_CSPRNG_BLOCK 4096
+#define FP_CSPRNG_BLOCK 16384
 /* A secure generator mixes fresh RAND_bytes into its key after this many output bytes. */
 #define FP_CSPRNG_RESEED_BYTES ((uint64_t)1 << 30)
 /* Seed length of fp_csprng_create_seeded (a ChaCha20 key). */

@@ -896,24 +896,28 @@ double fp_dp_grid_sensitivity(double l2_bound, size_t n, double grid)
     return l2_bound + grid * sqrt((double)n);
 }
 
-/* xs[j] ← grid·(round(xs[j]/grid) + z[j]), round half away from zero: v − trunc(v) is exact for
- * |v| ≤ 2^52, and |k + z| < 2^53 is exact in double. round_add_pow2: grid a power of two, so
- * x / grid is the exact x·(1/grid). */
+/* xs[j] ← grid·(round(xs[j]/grid) + z[j]), round half away from zero. The caller has checked
+ * |xs[j]/grid| ≤ 2^52, so the int64 conversion is trunc(v) exactly, v − t is exact, and
+ * |k + z| < 2^53 converts to double exactly. In integers, and with the half-step a select, the
+ * loop vectorises (trunc() would not, under GCC's default -ftrapping-math). round_add_pow2: grid
+ * a power of two, so x / grid is the exact x·(1/grid). */
 NOISE_VEC static void round_add_pow2(float *restrict xs, const int64_t *restrict z, size_t m, double grid, double inv)
 {
     for (size_t j = 0; j < m; j++) {
-        const double v = (double)xs[j] * inv, t = trunc(v);
-        const double k = t + (fabs(v - t) >= 0.5 ? copysign(1.0, v) : 0.0);
-        xs[j] = (float)(grid * (k + (double)z[j]));
+        const double v = (double)xs[j] * inv;
+        const int64_t t = (int64_t)v;
+        const int64_t h = fabs(v - (double)t) >= 0.5 ? (v < 0 ? -1 : 1) : 0;
+        xs[j] = (float)(grid * (double)(t + h + z[j]));
     }
 }
 
-static void round_add(float *restrict xs, const int64_t *restrict z, size_t m, double grid)
+NOISE_VEC static void round_add(float *restrict xs, const int64_t *restrict z, size_t m, double grid)
 {
     for (size_t j = 0; j < m; j++) {
-        const double v = (double)xs[j] / grid, t = trunc(v);
-        const double k = t + (fabs(v - t) >= 0.5 ? copysign(1.0, v) : 0.0);
-        xs[j] = (float)(grid * (k + (double)z[j]));
+        const double v = (double)xs[j] / grid;
+        const int64_t t = (int64_t)v;
+        const int64_t h = fabs(v - (double)t) >= 0.5 ? (v < 0 ? -1 : 1) : 0;
+        xs[j] = (float)(grid * (double)(t + h + z[j]));
     }
 }
 

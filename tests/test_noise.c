@@ -19,6 +19,7 @@
 #include <string.h>
 
 #include <cmocka.h>
+#include <openssl/evp.h>
 #include <quadmath.h>
 
 #ifdef _OPENMP
@@ -48,22 +49,62 @@ static fp_csprng_t *seeded(uint8_t v)
 
 /* ---- CSPRNG ---- */
 
+/* ChaCha20 keystream blocks [first, first + nblocks) under key, nonce 0, straight from OpenSSL. */
+static void chacha_blocks(const uint8_t key[32], uint32_t first, size_t nblocks, uint8_t *out)
+{
+    uint8_t iv[16] = {0}; /* EVP_chacha20: 4-byte little-endian counter, then the nonce */
+    iv[0] = (uint8_t)first, iv[1] = (uint8_t)(first >> 8), iv[2] = (uint8_t)(first >> 16), iv[3] = (uint8_t)(first >> 24);
+    uint8_t *zero = calloc(nblocks, 64);
+    assert_non_null(zero);
+    EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
+    assert_non_null(c);
+    int len = 0;
+    assert_int_equal(EVP_EncryptInit_ex(c, EVP_chacha20(), NULL, key, iv), 1);
+    assert_int_equal(EVP_EncryptUpdate(c, out, &len, zero, (int)(nblocks * 64)), 1);
+    assert_int_equal(len, (int)(nblocks * 64));
+    EVP_CIPHER_CTX_free(c);
+    free(zero);
+}
+
 static void test_csprng_known_answer(void **state)
 {
     (void)state;
-    /* RFC 8439 A.1 test vector #1: ChaCha20, zero key, zero nonce, counter 0. Our first output
-     * bytes are keystream bytes 32..63 (bytes 0..31 become the next key). */
-    static const uint8_t expect[32] = {
-        0xda, 0x41, 0x59, 0x7c, 0x51, 0x57, 0x48, 0x8d, 0x77, 0x24, 0xe0, 0x3f, 0xb8, 0xd8, 0x4a, 0x37,
-        0x6a, 0x43, 0xb8, 0xf4, 0x15, 0x18, 0xa1, 0x1c, 0xc3, 0x87, 0xb6, 0x69, 0xb2, 0xee, 0x65, 0x86};
-    uint8_t zero[32] = {0}, out[32];
+    /* RFC 8439 A.1 test vector #2: ChaCha20, zero key, zero nonce, block counter 1. Each refill
+     * takes the key from block 0 (bytes 0..31; 32..63 discarded) and hands out blocks 1.. */
+    static const uint8_t expect[64] = {
+        0x9f, 0x07, 0xe7, 0xbe, 0x55, 0x51, 0x38, 0x7a, 0x98, 0xba, 0x97, 0x7c, 0x73, 0x2d, 0x08, 0x0d,
+        0xcb, 0x0f, 0x29, 0xa0, 0x48, 0xe3, 0x65, 0x69, 0x12, 0xc6, 0x53, 0x3e, 0x32, 0xee, 0x7a, 0xed,
+        0x29, 0xb7, 0x21, 0x76, 0x9c, 0xe6, 0x4e, 0x43, 0xd5, 0x71, 0x33, 0xb0, 0x74, 0xd8, 0x39, 0xd5,
+        0x31, 0xed, 0x1f, 0x28, 0x51, 0x0a, 0xfb, 0x45, 0xac, 0xe1, 0x0a, 0x1f, 0x4b, 0x79, 0x4d, 0x6f};
+    uint8_t zero[32] = {0}, out[64];
     fp_csprng_t *g = NULL;
     assert_int_equal(fp_csprng_create_seeded(zero, &g), FP_OK);
     assert_false(fp_csprng_is_secure(g));
     assert_int_equal(fp_csprng_bytes(g, out, sizeof out), FP_OK);
-    assert_memory_equal(out, expect, 32);
-    assert_int_equal((int)fp_csprng_bytes_out(g), 32);
+    assert_memory_equal(out, expect, 64);
+    assert_int_equal((int)fp_csprng_bytes_out(g), 64);
     fp_csprng_destroy(g);
+
+    /* Two refills against OpenSSL's ChaCha20 directly: key_{i+1} = block 0 of key_i's stream,
+     * output = its blocks 1 .. FP_CSPRNG_BLOCK/64. */
+    enum { NB = FP_CSPRNG_BLOCK / 64 };
+    uint8_t key[32] = {0}, b0[64];
+    uint8_t *got = malloc(2 * FP_CSPRNG_BLOCK), *want = malloc(2 * FP_CSPRNG_BLOCK);
+    assert_non_null(got);
+    assert_non_null(want);
+    for (int i = 0; i < 32; i++)
+        key[i] = (uint8_t)(7 * i + 1);
+    assert_int_equal(fp_csprng_create_seeded(key, &g), FP_OK);
+    assert_int_equal(fp_csprng_bytes(g, got, 2 * FP_CSPRNG_BLOCK), FP_OK);
+    fp_csprng_destroy(g);
+    for (int r = 0; r < 2; r++) {
+        chacha_blocks(key, 0, 1, b0);
+        chacha_blocks(key, 1, NB, want + (size_t)r * FP_CSPRNG_BLOCK);
+        memcpy(key, b0, 32);
+    }
+    assert_memory_equal(got, want, 2 * FP_CSPRNG_BLOCK);
+    free(got);
+    free(want);
 }
 
 static void test_csprng_determinism_and_layout(void **state)
