@@ -210,12 +210,13 @@ int main(int argc, char **argv)
                t_clip * 1e3, t_clip / t_fb2, t_fb2 * 1e3);
         /* (b) whole DP-SGD steps: Poisson sample of expected `batch` over the batch * 8 users,
          * sub-batches of fp_dpsgd_max_batch rows, clipping, / batch, Adam; timed without noise
-         * (a sigma = 0 plan: everything else identical), then the noise alone, as
-         * fp_dpsgd_grads adds it at sigma = 1 (fp_dp_add_noise on every parameter) */
+         * (a sigma = 0 plan: everything else identical), the noise alone, as fp_dpsgd_grads
+         * adds it at sigma = 1 (fp_dp_add_noise on every parameter), and the whole sigma = 1
+         * step as training runs it (noise and / batch in one pass) */
         const int rmax = fp_dpsgd_max_batch(batch);
         fp_model_t *md = NULL;
         fp_batcher_t *bd = NULL;
-        fp_dpsgd_t *dps = NULL;
+        fp_dpsgd_t *dps = NULL, *dps1 = NULL;
         fp_dpsgd_plan_t plan, plan1;
         const size_t P = fp_model_layout(m)->total;
         int32_t *sq = malloc((size_t)rmax * maxlen * sizeof *sq), *ps = malloc((size_t)rmax * maxlen * sizeof *ps),
@@ -226,14 +227,16 @@ int main(int argc, char **argv)
             fp_batcher_create(&split, maxlen, rmax, 1, 2, &bd) ||
             fp_dpsgd_plan(0.0, 0, 1.0, 1e-5, fp_batcher_n_users(bd), batch, P, 1000, &plan) ||
             fp_dpsgd_plan(1.0, 0, 1.0, 1e-5, fp_batcher_n_users(bd), batch, P, 1000, &plan1) ||
-            fp_dpsgd_create(&plan, 7, &dps) || fp_csprng_create_seeded(key, &cr)) {
+            fp_dpsgd_create(&plan, 7, &dps) || fp_dpsgd_create(&plan1, 8, &dps1) ||
+            fp_csprng_create_seeded(key, &cr)) {
             fprintf(stderr, "fedprof-bench-step: %s\n", fp_error_message());
             return 1;
         }
         memcpy(fp_model_params(md), fp_model_params(m), P * sizeof(float));
         fp_dpsgd_step_t info;
-        double sampled = 0, t_dp = 0, t_noise = 0, t_norm = 0, normal_rows = 0;
+        double sampled = 0, t_dp = 0, t_noise = 0, t_norm = 0, normal_rows = 0, t_whole = 0;
         fp_dpsgd_grads(dps, md, bd, sq, ps, ng, &rng, &info); /* warm-up */
+        fp_dpsgd_grads(dps1, md, bd, sq, ps, ng, &rng, &info);
         for (int i = 0; i < dp_steps; i++) {
             /* interleaved, so that a change in the machine's load hits both alike */
             /* a normal training step as fedprof-client runs one: the next batch from the batcher
@@ -260,18 +263,29 @@ int main(int argc, char **argv)
             fp_dp_add_noise(fp_model_grads(md), P, plan1.noise_multiplier * plan1.clip, plan1.grid, cr);
             t_noise += fp_now() - t0;
             sampled += info.sampled;
+            t0 = fp_now();
+            if (fp_dpsgd_grads(dps1, md, bd, sq, ps, ng, &rng, &info) != FP_OK) {
+                fprintf(stderr, "fedprof-bench-step: %s\n", fp_error_message());
+                return 1;
+            }
+            fp_model_adam_step(md, &adam, 1e-3f, 0.9f, 0.98f, 1e-8f);
+            t_whole += fp_now() - t0;
         }
-        t_dp /= dp_steps, t_noise /= dp_steps, t_norm /= dp_steps;
+        t_dp /= dp_steps, t_noise /= dp_steps, t_norm /= dp_steps, t_whole /= dp_steps;
         printf("DP-SGD step without noise (expected batch %d, mean sample %.1f, sub-batches of %d): %.2f ms = "
                "%.2fx a normal step (%.2f ms for %.1f rows: batching, forward+backward, Adam; interleaved)\n",
                batch, sampled / dp_steps, rmax, t_dp * 1e3, t_dp / t_norm, t_norm * 1e3, normal_rows / dp_steps);
-        printf("  noise on %zu parameters (sigma 1, sigma/grid 2^%.0f): %.2f ms (%.2f M samples/s); whole DP-SGD step "
-               "%.2f ms = %.2fx a normal step\n",
+        printf("  noise on %zu parameters (sigma 1, sigma/grid 2^%.0f): %.2f ms (%.2f M samples/s); sum %.2f ms = "
+               "%.2fx a normal step\n",
                P, log2(plan1.noise_multiplier / plan1.grid), t_noise * 1e3, P / t_noise / 1e6, (t_dp + t_noise) * 1e3,
                (t_dp + t_noise) / t_norm);
+        printf("whole DP-SGD step as training runs it (sigma 1, noise and / batch in one pass): %.2f ms = %.2fx a "
+               "normal step\n",
+               t_whole * 1e3, t_whole / t_norm);
         fp_csprng_destroy(cr);
         free(sq), free(ps), free(ng);
         fp_dpsgd_destroy(dps);
+        fp_dpsgd_destroy(dps1);
         fp_batcher_destroy(bd);
         fp_model_destroy(md);
     }

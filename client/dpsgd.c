@@ -219,12 +219,10 @@ fp_status fp_dpsgd_grads(fp_dpsgd_t *d, fp_model_t *m, fp_batcher_t *bat, int32_
     }
     info->sampled = k;
     info->loss = info->positions ? loss_sum / info->positions : 0.0;
-    if ((st = fp_dp_add_noise(G, P, d->p.noise_multiplier * d->p.clip, d->p.grid, d->r)) != FP_OK)
-        return st;
+    /* noise, then ÷ the expected batch, in one pass over G */
     const float inv = (float)(1.0 / d->p.expected_batch);
-#pragma omp parallel for schedule(static) if (P > 65536)
-    for (size_t i = 0; i < P; i++)
-        G[i] *= inv;
+    if ((st = fp_dp_add_noise_scaled(G, P, d->p.noise_multiplier * d->p.clip, d->p.grid, inv, d->r)) != FP_OK)
+        return st;
     fp_model_add_l2_grad(m);
     return FP_OK;
 }

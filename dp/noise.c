@@ -901,23 +901,24 @@ double fp_dp_grid_sensitivity(double l2_bound, size_t n, double grid)
  * |k + z| < 2^53 converts to double exactly. In integers, and with the half-step a select, the
  * loop vectorises (trunc() would not, under GCC's default -ftrapping-math). round_add_pow2: grid
  * a power of two, so x / grid is the exact x·(1/grid). */
-NOISE_VEC static void round_add_pow2(float *restrict xs, const int64_t *restrict z, size_t m, double grid, double inv)
+NOISE_VEC static void round_add_pow2(float *restrict xs, const int64_t *restrict z, size_t m, double grid, double inv,
+                                     float scale)
 {
     for (size_t j = 0; j < m; j++) {
         const double v = (double)xs[j] * inv;
         const int64_t t = (int64_t)v;
         const int64_t h = fabs(v - (double)t) >= 0.5 ? (v < 0 ? -1 : 1) : 0;
-        xs[j] = (float)(grid * (double)(t + h + z[j]));
+        xs[j] = (float)(grid * (double)(t + h + z[j])) * scale;
     }
 }
 
-NOISE_VEC static void round_add(float *restrict xs, const int64_t *restrict z, size_t m, double grid)
+NOISE_VEC static void round_add(float *restrict xs, const int64_t *restrict z, size_t m, double grid, float scale)
 {
     for (size_t j = 0; j < m; j++) {
         const double v = (double)xs[j] / grid;
         const int64_t t = (int64_t)v;
         const int64_t h = fabs(v - (double)t) >= 0.5 ? (v < 0 ? -1 : 1) : 0;
-        xs[j] = (float)(grid * (double)(t + h + z[j]));
+        xs[j] = (float)(grid * (double)(t + h + z[j])) * scale;
     }
 }
 
@@ -941,7 +942,7 @@ NOISE_VEC static size_t first_out_of_range(const float *x, size_t n, double xmax
 
 /* One chunk: x ← grid·(round(x/grid) + Z). |round(x/grid)| ≤ 2^52 and |Z| ≤ 2^41, so the integer
  * sum is exact in int64 and in double. */
-static fp_status noise_chunk(float *x, size_t n, double grid, const fp_dp_dgauss_t *p, fp_csprng_t *r)
+static fp_status noise_chunk(float *x, size_t n, double grid, float scale, const fp_dp_dgauss_t *p, fp_csprng_t *r)
 {
     enum { BATCH = 1024 }; /* samples first, then a loop the compiler can vectorise */
     int e;
@@ -961,9 +962,9 @@ static fp_status noise_chunk(float *x, size_t n, double grid, const fp_dp_dgauss
         if (st != FP_OK)
             break;
         if (pow2)
-            round_add_pow2(x + i0, z, m, grid, inv);
+            round_add_pow2(x + i0, z, m, grid, inv, scale);
         else
-            round_add(x + i0, z, m, grid);
+            round_add(x + i0, z, m, grid, scale);
     }
     OPENSSL_cleanse(z, sizeof z);
     src_done(&s);
@@ -974,14 +975,27 @@ static fp_status noise_chunk(float *x, size_t n, double grid, const fp_dp_dgauss
 
 fp_status fp_dp_add_noise(float *x, size_t n, double sigma, double grid, fp_csprng_t *r)
 {
+    return fp_dp_add_noise_scaled(x, n, sigma, grid, 1.0f, r); /* x·1 is x exactly */
+}
+
+fp_status fp_dp_add_noise_scaled(float *x, size_t n, double sigma, double grid, float scale, fp_csprng_t *r)
+{
     if ((!x && n) || !r)
         return FP_FAIL(FP_ERR_INVALID, "add_noise: NULL vector or generator");
     if (!(sigma >= 0) || !isfinite(sigma))
         return FP_FAIL(FP_ERR_INVALID, "add_noise: sigma %g must be finite and >= 0", sigma);
     if (!(grid > 0) || !isfinite(grid))
         return FP_FAIL(FP_ERR_INVALID, "add_noise: grid %g must be finite and > 0", grid);
-    if (sigma == 0)
+    if (!isfinite(scale))
+        return FP_FAIL(FP_ERR_INVALID, "add_noise: scale %g must be finite", (double)scale);
+    if (sigma == 0) {
+        if (scale != 1.0f) {
+#pragma omp parallel for schedule(static) if (n > 65536)
+            for (size_t i = 0; i < n; i++)
+                x[i] *= scale;
+        }
         return FP_OK;
+    }
     fp_dp_dgauss_t p;
     TRY(fp_dp_dgauss_init_grid(&p, sigma, grid));
     const double xmax = ldexp(grid, 52);
@@ -1003,7 +1017,7 @@ fp_status fp_dp_add_noise(float *x, size_t n, double sigma, double grid, fp_cspr
             for (size_t j = 0; j < w; j++) {
                 size_t lo = (c0 + j) * FP_DP_NOISE_CHUNK;
                 size_t len = n - lo < FP_DP_NOISE_CHUNK ? n - lo : FP_DP_NOISE_CHUNK;
-                sts[j] = noise_chunk(x + lo, len, grid, &p, gens[j]);
+                sts[j] = noise_chunk(x + lo, len, grid, scale, &p, gens[j]);
             }
             for (size_t j = 0; j < w && result == FP_OK; j++)
                 if (sts[j] != FP_OK)

@@ -135,6 +135,11 @@ fp_status fp_dp_gauss_sample_n(fp_csprng_t *r, double sigma, double *out, size_t
  * never release it. */
 fp_status fp_dp_add_noise(float *x, size_t n, double sigma, double grid, fp_csprng_t *r);
 
+/* fp_dp_add_noise, then x[i] *= scale in float, in the same pass over x (DP-SGD's division by
+ * the expected batch): bit for bit the two steps one after the other, one pass over memory
+ * fewer. sigma = 0: x[i] *= scale only. scale must be finite (FP_ERR_INVALID otherwise). */
+fp_status fp_dp_add_noise_scaled(float *x, size_t n, double sigma, double grid, float scale, fp_csprng_t *r);
+
 /* x[i] += N(0, sigma²) continuous (Box-Muller), for comparison only (see above). */
 fp_status fp_dp_add_noise_continuous(float *x, size_t n, double sigma, fp_csprng_t *r);
 

@@ -801,6 +801,42 @@ static void test_add_noise_vector(void **state)
     fp_csprng_destroy(g2);
 }
 
+/* The fused scale is the two steps one after the other, bit for bit, on a vector of several
+ * chunks (threads and generators forked per chunk), for a power-of-two grid and another. */
+static void test_add_noise_scaled(void **state)
+{
+    (void)state;
+    const size_t n = 3 * FP_DP_NOISE_CHUNK + 777;
+    float *a = malloc(n * sizeof *a), *b = malloc(n * sizeof *b);
+    assert_non_null(a);
+    assert_non_null(b);
+    const double grids[2] = {0x1p-12, 3e-4};
+    const float scale = 1.0f / 1024.0f * 3.0f;
+    for (int gi = 0; gi < 2; gi++) {
+        for (size_t i = 0; i < n; i++)
+            a[i] = b[i] = (float)sin((double)i * 0.37) * 0.8f;
+        fp_csprng_t *g1 = seeded(70), *g2 = seeded(70);
+        assert_int_equal(fp_dp_add_noise(a, n, 0.03, grids[gi], g1), FP_OK);
+        for (size_t i = 0; i < n; i++)
+            a[i] *= scale;
+        assert_int_equal(fp_dp_add_noise_scaled(b, n, 0.03, grids[gi], scale, g2), FP_OK);
+        assert_memory_equal(a, b, n * sizeof *a);
+        fp_csprng_destroy(g1);
+        fp_csprng_destroy(g2);
+    }
+    /* sigma 0: the scale alone; a non-finite scale refused, x untouched */
+    fp_csprng_t *g = seeded(71);
+    float x[3] = {1.5f, -2.0f, 0.25f};
+    assert_int_equal(fp_dp_add_noise_scaled(x, 3, 0.0, 0.01, 0.5f, g), FP_OK);
+    assert_true(x[0] == 0.75f && x[1] == -1.0f && x[2] == 0.125f);
+    assert_int_equal(fp_dp_add_noise_scaled(x, 3, 1.0, 0.01, NAN, g), FP_ERR_INVALID);
+    assert_int_equal(fp_dp_add_noise_scaled(x, 3, 0.0, 0.01, INFINITY, g), FP_ERR_INVALID);
+    assert_true(x[0] == 0.75f && x[1] == -1.0f && x[2] == 0.125f);
+    fp_csprng_destroy(g);
+    free(a);
+    free(b);
+}
+
 static void test_add_noise_bad_args(void **state)
 {
     (void)state;
@@ -848,6 +884,7 @@ int main(void)
         cmocka_unit_test(test_dgauss_bad_args),
         cmocka_unit_test(test_gauss_continuous),
         cmocka_unit_test(test_add_noise_vector),
+        cmocka_unit_test(test_add_noise_scaled),
         cmocka_unit_test(test_add_noise_bad_args),
     };
     return cmocka_run_group_tests(tests, NULL, NULL);
