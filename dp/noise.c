@@ -454,36 +454,42 @@ double fp_dp_dgauss_sigma2(const fp_dp_dgauss_t *g)
 
 /* ---- sampling (CKS Algorithms 2 and 3) ---- */
 
-/* The table sampler (noise.h). A proposal takes two keystream words: x gives the column (top 11
- * bits), the sign (bit 52), the offset (the low log2w ≤ 25 bits) and, in between, the top bits of
- * the uniform that decides the column against its 128-bit threshold; x2 is the uniform of the
- * first in-bin Bernoulli trial (discarded when that trial is not needed). Then the exact in-bin
- * acceptance. Two paths decide a proposal: table_fast, branch-light, for the usual case, and
- * table_proposal, the whole algorithm, which table_fast hands everything else to with the same
- * two words; fp_dp_dgauss_table_selfcheck tests that they agree wherever table_fast decides. */
+/* The table sampler (noise.h). A proposal takes one keystream word x: its column (top 11 bits),
+ * its sign (bit 52), its offset in the bin (the low log2w ≤ 25 bits) and, in between, the top bits
+ * of two uniforms: U, 128 bits, that decides the column against its 128-bit threshold, and V, that
+ * decides the first in-bin Bernoulli trial. Those prefixes decide unless they meet their threshold
+ * exactly (a tie, probability about 2^−ka and 2^−kb); then the rest of U, or V's trial, is drawn.
+ * Then the exact in-bin acceptance. Two paths decide a proposal: table_fast, branch-light, for
+ * the usual case, and table_proposal, the whole algorithm, which table_fast hands everything else
+ * to with the same word; fp_dp_dgauss_table_selfcheck tests that they agree wherever table_fast
+ * decides (and that the AVX-512 path agrees with table_fast). */
 enum { TABLE_ACCEPT, TABLE_REJECT, TABLE_SLOW };
 
-/* x's fields. Its bits between the sign and the offset, k = 52 − log2w ≥ 27 of them, are the top
- * bits of the 128-bit uniform U compared with the column's threshold T: they decide unless they
- * equal T's top k bits (tie, probability 2^−k; then U's other 128 − k bits are drawn). b, lo, y
- * are those of the column's own bin unless U's top bits say otherwise (b = alias[c]); after a
- * tie table_proposal decides b itself. */
+/* The widths of x's two prefixes: k = 52 − log2w ≥ 27 bits between the sign and the offset, the
+ * upper ka for U, the lower kb for V (both ≥ 13). */
+static inline unsigned table_kb(unsigned lw) { return (52 - lw) / 2; }
+static inline unsigned table_ka(unsigned lw) { return 52 - lw - table_kb(lw); }
+
+/* x's fields. b, lo, y are those of the column's own bin unless U's prefix says otherwise
+ * (b = alias[c]); after a tie table_proposal decides b itself. */
 typedef struct {
-    unsigned c;           /* column, the top 11 bits (FP_DP_DGAUSS_BINS = 2048) */
-    int tie;              /* U's top bits equal T's */
-    int neg;              /* sign, bit 52 */
+    unsigned c;             /* column, the top 11 bits (FP_DP_DGAUSS_BINS = 2048) */
+    int tie;                /* U's prefix equals the threshold's */
+    int neg;                /* sign, bit 52 */
+    uint64_t vb;            /* V's prefix, kb bits */
     uint64_t off, b, lo, y; /* offset in the bin, bin, its low end, |z| = lo + off */
 } table_word_t;
 
 static inline void table_decode(const fp_dp_dgauss_t *p, uint64_t x, table_word_t *d)
 {
     const fp_dp_dgauss_table_t *t = &p->table;
-    const unsigned lw = t->log2w, k = 52 - lw;
+    const unsigned lw = t->log2w, ka = table_ka(lw), kb = table_kb(lw);
     d->c = (unsigned)(x >> 53);
-    const uint64_t u_top = (x >> lw) & (((uint64_t)1 << k) - 1), t_top = t->thr_hi[d->c] >> (64 - k);
-    d->tie = u_top == t_top;
-    d->b = u_top < t_top ? d->c : t->alias[d->c];
+    const uint64_t ua = (x >> (lw + kb)) & (((uint64_t)1 << ka) - 1), t_top = t->thr_hi[d->c] >> (64 - ka);
+    d->tie = ua == t_top;
+    d->b = ua < t_top ? d->c : t->alias[d->c];
     d->neg = (int)((x >> 52) & 1);
+    d->vb = (x >> lw) & (((uint64_t)1 << kb) - 1);
     d->off = x & (((uint64_t)1 << lw) - 1);
     d->lo = d->b << lw;
     d->y = d->lo + d->off;
@@ -496,32 +502,38 @@ static inline u128 table_gamma_num(const fp_dp_dgauss_t *p, const table_word_t *
     return (u128)(d->off * (2 * d->lo + d->off)) * p->den;
 }
 
+/* The first trial, Bernoulli(N/n) with N < n = acc_den, is V < N/n for V uniform on [0, 1): its
+ * prefix vb (kb bits) decides it unless vb = ⌊N·2^kb / n⌋. vb·n > N·2^kb: V > N/n, the trial is 0;
+ * (vb + 1)·n ≤ N·2^kb: 1. N·2^kb < 2^85, vb·n < 2^86. */
+static inline int table_first_trial_0(uint64_t vb, u128 N, unsigned kb, uint64_t n)
+{
+    return (u128)vb * n > N << kb;
+}
+
 /* The usual case without a struct: this runs for every lane of a group the vector path hands
  * back, and decoding through table_word_t measured 3% slower overall. */
-static inline int table_fast(const fp_dp_dgauss_t *p, uint64_t x, uint64_t x2, int64_t *z)
+static inline int table_fast(const fp_dp_dgauss_t *p, uint64_t x, int64_t *z)
 {
     const fp_dp_dgauss_table_t *t = &p->table;
-    const unsigned lw = t->log2w, k = 52 - lw;
+    const unsigned lw = t->log2w, ka = table_ka(lw), kb = table_kb(lw);
     const unsigned c = (unsigned)(x >> 53);
-    const uint64_t u_top = (x >> lw) & (((uint64_t)1 << k) - 1), t_top = t->thr_hi[c] >> (64 - k);
-    const uint64_t b = u_top < t_top ? c : t->alias[c];
+    const uint64_t ua = (x >> (lw + kb)) & (((uint64_t)1 << ka) - 1), t_top = t->thr_hi[c] >> (64 - ka);
+    const uint64_t b = ua < t_top ? c : t->alias[c];
     const uint64_t neg = (x >> 52) & 1, off = x & (((uint64_t)1 << lw) - 1), lo = b << lw, y = lo + off;
+    const uint64_t vb = (x >> lw) & (((uint64_t)1 << kb) - 1);
     const u128 N = (u128)(off * (2 * lo + off)) * p->den; /* as table_gamma_num */
-    const u128 m = (u128)x2 * p->acc_den;
-    /* slow: a threshold tie; γ ≥ 1; x2 maybe in Lemire's rejection region; the first trial 1 */
-    if (__builtin_expect(u_top == t_top || N >= p->acc_den || (uint64_t)m < p->acc_den ||
-                             (uint64_t)(m >> 64) < (uint64_t)N,
-                         0))
+    /* slow: a threshold tie; γ ≥ 1; the first trial not surely 0 */
+    if (__builtin_expect(ua == t_top || N >= p->acc_den || !table_first_trial_0(vb, N, kb, p->acc_den), 0))
         return TABLE_SLOW;
     *z = neg ? -(int64_t)y : (int64_t)y;
     return neg && y == 0 ? TABLE_REJECT : TABLE_ACCEPT;
 }
 
-/* One proposal from x and x2, exactly; further words from s. *acc = 1 with *z: accepted. */
-static fp_status table_proposal(const fp_dp_dgauss_t *p, src_t *s, uint64_t x, uint64_t x2, int64_t *z, int *acc)
+/* One proposal from x, exactly; further words from s. *acc = 1 with *z: accepted. */
+static fp_status table_proposal(const fp_dp_dgauss_t *p, src_t *s, uint64_t x, int64_t *z, int *acc)
 {
     const fp_dp_dgauss_table_t *t = &p->table;
-    const unsigned k = 52 - t->log2w;
+    const unsigned ka = table_ka(t->log2w), kb = table_kb(t->log2w);
     *acc = 0;
     table_word_t d;
     table_decode(p, x, &d);
@@ -529,8 +541,8 @@ static fp_status table_proposal(const fp_dp_dgauss_t *p, src_t *s, uint64_t x, u
         uint64_t h, l;
         TRY(src_u64(s, &h));
         TRY(src_u64(s, &l));
-        const u128 t_rest = (((u128)t->thr_hi[d.c] << 64 | t->thr_lo[d.c]) << k) >> k; /* T's low 128 − k */
-        const u128 u_rest = ((u128)h << 64 | l) >> k;                                  /* 128 − k uniform bits */
+        const u128 t_rest = (((u128)t->thr_hi[d.c] << 64 | t->thr_lo[d.c]) << ka) >> ka; /* T's low 128 − ka */
+        const u128 u_rest = ((u128)h << 64 | l) >> ka;                                   /* 128 − ka uniform bits */
         d.b = u_rest < t_rest ? d.c : t->alias[d.c];
         d.lo = d.b << t->log2w;
         d.y = d.lo + d.off;
@@ -542,21 +554,23 @@ static fp_status table_proposal(const fp_dp_dgauss_t *p, src_t *s, uint64_t x, u
     if (N >= p->acc_den) { /* γ ≥ 1: the last bins' far ends only */
         TRY(bern_exp_wide(s, N, p->acc_den, &a));
     } else if (N) {
-        /* Algorithm 1's first trial, Bernoulli(γ): u uniform on [0, acc_den) from x2 by Lemire's
-         * method (src_below with its first word given); a 0 (the usual case, γ < 0.05 on average)
-         * accepts at once, a 1 continues the trials from k = 2 */
+        /* Algorithm 1's first trial, Bernoulli(γ) with γ = N/n, from V's prefix (see
+         * table_first_trial_0); on its tie, vb = ⌊N·2^kb / n⌋, the trial is 1 with probability
+         * r/n, r = N·2^kb − vb·n < n: P(1) = (vb + r/n) / 2^kb = N/n exactly. A 0 (the usual case,
+         * γ < 0.05 on average) accepts at once, a 1 continues the trials from k = 2. */
         const uint64_t n = p->acc_den;
-        u128 m = (u128)x2 * n;
-        uint64_t l = (uint64_t)m;
-        if (l < n) {
-            const uint64_t th = (0 - n) % n; /* 2^64 mod n: the biased low region */
-            while (l < th) {
-                TRY(src_u64(s, &x2));
-                m = (u128)x2 * n;
-                l = (uint64_t)m;
-            }
+        const u128 L = N << kb, Vn = (u128)d.vb * n;
+        int trial = 0;
+        if (Vn > L) {
+            trial = 0;
+        } else if (Vn + n <= L) {
+            trial = 1;
+        } else {
+            uint64_t u;
+            TRY(src_below(s, n, &u));
+            trial = (u128)u < L - Vn;
         }
-        if ((uint64_t)(m >> 64) < (uint64_t)N)
+        if (trial)
             TRY(bern_exp_le1_from(s, (uint64_t)N, n, 2, &a));
     }
     if (a) {
@@ -566,21 +580,21 @@ static fp_status table_proposal(const fp_dp_dgauss_t *p, src_t *s, uint64_t x, u
     return FP_OK;
 }
 
-#define TABLE_BLOCK 32 /* proposals per block: 64 keystream words (512 bytes) fetched at once */
+#define TABLE_BLOCK 64 /* proposals per block: 64 keystream words (512 bytes) fetched at once */
 
 #define TABLE_GROUP 8 /* proposals decided together (one AVX-512 vector of 64-bit lanes) */
 
-/* One group of proposals, in order, on the portable path: x[j] with x2[j]. Returns the samples
- * written to z (at most `room`: proposals past it are left unused). */
-static fp_status table_group(const fp_dp_dgauss_t *p, src_t *s, const uint64_t *x, const uint64_t *x2, int64_t *z,
-                             size_t room, size_t *written)
+/* One group of proposals, in order, on the portable path. Returns the samples written to z (at
+ * most `room`: proposals past it are left unused). */
+static fp_status table_group(const fp_dp_dgauss_t *p, src_t *s, const uint64_t *x, int64_t *z, size_t room,
+                             size_t *written)
 {
     size_t i = 0;
     for (int j = 0; j < TABLE_GROUP && i < room; j++) {
-        const int r = table_fast(p, x[j], x2[j], &z[i]);
+        const int r = table_fast(p, x[j], &z[i]);
         if (__builtin_expect(r == TABLE_SLOW, 0)) {
             int acc;
-            TRY(table_proposal(p, s, x[j], x2[j], &z[i], &acc));
+            TRY(table_proposal(p, s, x[j], &z[i], &acc));
             i += (size_t)acc;
         } else {
             i += r == TABLE_ACCEPT;
@@ -605,18 +619,17 @@ static int simd_usable(void)
  * then goes through table_group, in order, for the same outputs); else the accepted samples,
  * written to z in lane order. */
 __attribute__((target("avx512f,avx512dq"))) static int table_group8_avx512(const fp_dp_dgauss_t *p, const uint64_t *xs,
-                                                                           const uint64_t *x2s, unsigned e,
-                                                                           uint64_t ad_shr, int64_t *z)
+                                                                           unsigned e, uint64_t ad_shr, int64_t *z)
 {
     const fp_dp_dgauss_table_t *t = &p->table;
-    const unsigned lw = t->log2w, k = 52 - lw;
-    const __m512i x = _mm512_loadu_si512((const void *)xs), x2 = _mm512_loadu_si512((const void *)x2s);
+    const unsigned lw = t->log2w, ka = table_ka(lw), kb = table_kb(lw);
+    const __m512i x = _mm512_loadu_si512((const void *)xs);
     const __m512i c = _mm512_srli_epi64(x, 53);
-    const __m512i u_top =
-        _mm512_and_si512(_mm512_srl_epi64(x, _mm_cvtsi32_si128((int)lw)), _mm512_set1_epi64((long long)(((uint64_t)1 << k) - 1)));
+    const __m512i ua = _mm512_and_si512(_mm512_srl_epi64(x, _mm_cvtsi32_si128((int)(lw + kb))),
+                                        _mm512_set1_epi64((long long)(((uint64_t)1 << ka) - 1)));
     const __m512i t_top = _mm512_srl_epi64(_mm512_i64gather_epi64(c, (const void *)t->thr_hi, 8),
-                                           _mm_cvtsi32_si128((int)(64 - k)));
-    const __mmask8 tie = _mm512_cmpeq_epu64_mask(u_top, t_top), keep = _mm512_cmplt_epu64_mask(u_top, t_top);
+                                           _mm_cvtsi32_si128((int)(64 - ka)));
+    const __mmask8 tie = _mm512_cmpeq_epu64_mask(ua, t_top), keep = _mm512_cmplt_epu64_mask(ua, t_top);
     /* alias[c]: 32-bit loads at alias + 2c (the last one reads 2 bytes of log2w, inside the struct) */
     _Static_assert(offsetof(fp_dp_dgauss_table_t, log2w) >= offsetof(fp_dp_dgauss_table_t, alias) + sizeof t->alias,
                    "log2w must follow alias[] in the table");
@@ -627,18 +640,19 @@ __attribute__((target("avx512f,avx512dq"))) static int table_group8_avx512(const
     const __m512i lo = _mm512_sll_epi64(b, _mm_cvtsi32_si128((int)lw)), y = _mm512_add_epi64(lo, off);
     const __m512i prod = _mm512_mullo_epi64(off, _mm512_add_epi64(_mm512_add_epi64(lo, lo), off));
     const __mmask8 big = _mm512_cmpge_epu64_mask(prod, _mm512_set1_epi64((long long)ad_shr));
-    const __m512i N = _mm512_sll_epi64(prod, _mm_cvtsi32_si128((int)e)); /* exact where !big */
-    /* x2·acc_den, 128 bits, from 32-bit halves */
-    const __m512i ad = _mm512_set1_epi64((long long)p->acc_den), ad_hi = _mm512_srli_epi64(ad, 32);
-    const __m512i x_hi = _mm512_srli_epi64(x2, 32), m32 = _mm512_set1_epi64(0xffffffffLL);
-    const __m512i ll = _mm512_mul_epu32(x2, ad), lh = _mm512_mul_epu32(x2, ad_hi), hl = _mm512_mul_epu32(x_hi, ad),
-                  hh = _mm512_mul_epu32(x_hi, ad_hi);
-    const __m512i mid = _mm512_add_epi64(_mm512_add_epi64(_mm512_srli_epi64(ll, 32), _mm512_and_si512(lh, m32)),
-                                         _mm512_and_si512(hl, m32));
-    const __m512i lo64 = _mm512_or_si512(_mm512_and_si512(ll, m32), _mm512_slli_epi64(mid, 32));
-    const __m512i hi64 = _mm512_add_epi64(_mm512_add_epi64(hh, _mm512_srli_epi64(lh, 32)),
-                                          _mm512_add_epi64(_mm512_srli_epi64(hl, 32), _mm512_srli_epi64(mid, 32)));
-    const __mmask8 slow = tie | big | _mm512_cmplt_epu64_mask(lo64, ad) | _mm512_cmplt_epu64_mask(hi64, N);
+    const __m512i N = _mm512_sll_epi64(prod, _mm_cvtsi32_si128((int)e)); /* exact where !big: < acc_den */
+    /* the first trial surely 0: vb·n > N·2^kb (n = acc_den), in 64-bit lanes without carries:
+     * with n = q·2^kb + r, vb·n = (vb·q + f)·2^kb + ρ where vb·r = f·2^kb + ρ, ρ < 2^kb, so the
+     * test is S = vb·q + f > N, or S = N and ρ > 0. vb·q < n < 2^62, vb·r < 2^(2kb) ≤ 2^46. */
+    const __m512i vb = _mm512_and_si512(_mm512_srl_epi64(x, _mm_cvtsi32_si128((int)lw)),
+                                        _mm512_set1_epi64((long long)(((uint64_t)1 << kb) - 1)));
+    const __m512i vq = _mm512_mullo_epi64(vb, _mm512_set1_epi64((long long)(p->acc_den >> kb)));
+    const __m512i vr = _mm512_mullo_epi64(vb, _mm512_set1_epi64((long long)(p->acc_den & (((uint64_t)1 << kb) - 1))));
+    const __m512i S = _mm512_add_epi64(vq, _mm512_srl_epi64(vr, _mm_cvtsi32_si128((int)kb)));
+    const __m512i rho = _mm512_and_si512(vr, _mm512_set1_epi64((long long)(((uint64_t)1 << kb) - 1)));
+    const __mmask8 trial0 = _mm512_cmpgt_epu64_mask(S, N) |
+                            (_mm512_cmpeq_epu64_mask(S, N) & _mm512_test_epi64_mask(rho, rho));
+    const __mmask8 slow = tie | big | (__mmask8)~trial0;
     if (slow)
         return -1;
     const __m512i zero = _mm512_setzero_si512();
@@ -648,6 +662,32 @@ __attribute__((target("avx512f,avx512dq"))) static int table_group8_avx512(const
     return __builtin_popcount(acc);
 }
 #endif
+
+/* Whether the 8-lane path serves p (AVX-512 usable and σ² dyadic, den = 2^e), and its e and
+ * ad_shr. */
+static int table_vec_params(const fp_dp_dgauss_t *p, unsigned *e_out, uint64_t *ad_shr)
+{
+    *e_out = 0;
+    *ad_shr = 0;
+#if NOISE_AVX512
+    int use = __atomic_load_n(&simd_on, __ATOMIC_RELAXED);
+    if (use < 0) { /* every thread computes the same value */
+        use = simd_usable();
+        __atomic_store_n(&simd_on, use, __ATOMIC_RELAXED);
+    }
+    unsigned e = 0;
+    while (e < 63 && ((p->den >> e) & 1) == 0)
+        e++;
+    if (!use || p->den != (uint64_t)1 << e)
+        return 0;
+    *e_out = e;
+    *ad_shr = (uint64_t)(((u128)p->acc_den + ((u128)1 << e) - 1) >> e);
+    return 1;
+#else
+    (void)p;
+    return 0;
+#endif
+}
 
 int fp_dp_noise_set_simd(int on)
 {
@@ -661,40 +701,32 @@ int fp_dp_noise_set_simd(int on)
 #endif
 }
 
-/* n samples: blocks of proposals whose words are fetched at once (x from the first half, x2 from
- * the second), decided in order by groups of 8 (AVX-512) or one by one; a proposal that the
- * fast path cannot decide goes to table_proposal with the same words (further words drawn after
- * the block). Unused proposals of the last block are erased with it. */
+/* n samples: blocks of proposals whose words are fetched at once, decided in order by groups of
+ * 8 (AVX-512) or one by one; a proposal that the fast path cannot decide goes to table_proposal
+ * with the same word (further words drawn after the block). Unused proposals of the last block
+ * are erased with it. */
 static fp_status dgauss_table_n(const fp_dp_dgauss_t *p, src_t *s, int64_t *z, size_t n)
 {
-    uint64_t w[2 * TABLE_BLOCK];
+    uint64_t w[TABLE_BLOCK];
     fp_status st = FP_OK;
     size_t i = 0;
-#if NOISE_AVX512
-    int use = __atomic_load_n(&simd_on, __ATOMIC_RELAXED);
-    if (use < 0) { /* every thread computes the same value */
-        use = simd_usable();
-        __atomic_store_n(&simd_on, use, __ATOMIC_RELAXED);
-    }
-    unsigned e = 0;
-    while (e < 63 && ((p->den >> e) & 1) == 0)
-        e++;
-    const int vec = use && p->den == (uint64_t)1 << e;
-    const uint64_t ad_shr = vec ? (uint64_t)(((u128)p->acc_den + ((u128)1 << e) - 1) >> e) : 0;
-#endif
+    unsigned e;
+    uint64_t ad_shr;
+    const int vec = table_vec_params(p, &e, &ad_shr);
+    (void)vec;
     while (i < n && st == FP_OK) {
         /* straight from the generator: s's buffer serves only the exact path's further draws */
         if ((st = fp_csprng_bytes(s->r, w, sizeof w)) != FP_OK)
             break;
 #if defined(__BYTE_ORDER__) && __BYTE_ORDER__ == __ORDER_BIG_ENDIAN__
-        for (int j = 0; j < 2 * TABLE_BLOCK; j++)
+        for (int j = 0; j < TABLE_BLOCK; j++)
             w[j] = __builtin_bswap64(w[j]); /* little-endian words, as src_u64 reads them */
 #endif
         for (int g = 0; g < TABLE_BLOCK && i < n && st == FP_OK; g += TABLE_GROUP) {
-            const uint64_t *x = w + g, *x2 = w + TABLE_BLOCK + g;
+            const uint64_t *x = w + g;
 #if NOISE_AVX512
             if (vec && n - i >= TABLE_GROUP) {
-                const int r = table_group8_avx512(p, x, x2, e, ad_shr, z + i);
+                const int r = table_group8_avx512(p, x, e, ad_shr, z + i);
                 if (r >= 0) {
                     i += (size_t)r;
                     continue;
@@ -702,12 +734,52 @@ static fp_status dgauss_table_n(const fp_dp_dgauss_t *p, src_t *s, int64_t *z, s
             }
 #endif
             size_t got = 0;
-            st = table_group(p, s, x, x2, z + i, n - i, &got);
+            st = table_group(p, s, x, z + i, n - i, &got);
             i += got;
         }
     }
     OPENSSL_cleanse(w, sizeof w);
     return st;
+}
+
+/* x with `width` bits at `shift` replaced by v. */
+static uint64_t set_field(uint64_t x, unsigned shift, unsigned width, uint64_t v)
+{
+    const uint64_t mask = (((uint64_t)1 << width) - 1) << shift;
+    return (x & ~mask) | ((v << shift) & mask);
+}
+
+/* The selfcheck's word for lane j of a group in `mode` (0: random; 1: V's prefix just past the
+ * first trial's boundary on every lane; 2, 3: so, but lane `special` on the tie, or just before;
+ * 4: lane `special` on U's tie; 5: U's prefix just either side of the column's threshold). */
+static uint64_t selfcheck_word(const fp_dp_dgauss_t *g, uint64_t x, int mode, int special)
+{
+    const fp_dp_dgauss_table_t *t = &g->table;
+    const unsigned lw = t->log2w, ka = table_ka(lw), kb = table_kb(lw);
+    const unsigned c = (unsigned)(x >> 53);
+    const uint64_t t_top = t->thr_hi[c] >> (64 - ka), amax = ((uint64_t)1 << ka) - 1;
+    if (mode == 4 && special)
+        x = set_field(x, lw + kb, ka, t_top);
+    if (mode == 5) {
+        const uint64_t ua = (x & 1) ? (t_top < amax ? t_top + 1 : t_top - 1) : (t_top > 0 ? t_top - 1 : t_top + 1);
+        x = set_field(x, lw + kb, ka, ua);
+    }
+    if (mode == 1 || mode == 2 || mode == 3 || mode == 5) {
+        table_word_t d;
+        table_decode(g, x, &d);
+        const u128 N = table_gamma_num(g, &d);
+        if (!d.tie && N > 0 && N < g->acc_den) {
+            const uint64_t G = (uint64_t)((N << kb) / g->acc_den); /* < 2^kb: the tie's prefix */
+            uint64_t v = G + 1;
+            if (special && mode == 2)
+                v = G;
+            else if (special && mode == 3 && G > 0)
+                v = G - 1;
+            if (v < ((uint64_t)1 << kb))
+                x = set_field(x, lw, kb, v);
+        }
+    }
+    return x;
 }
 
 fp_status fp_dp_dgauss_table_selfcheck(const fp_dp_dgauss_t *g, fp_csprng_t *r, size_t n, size_t *n_fast)
@@ -718,40 +790,54 @@ fp_status fp_dp_dgauss_table_selfcheck(const fp_dp_dgauss_t *g, fp_csprng_t *r, 
     src_init(&s, r);
     fp_status st = FP_OK;
     size_t fast = 0;
-    for (size_t i = 0; i < n && st == FP_OK; i++) {
-        uint64_t x, x2;
-        if ((st = src_u64(&s, &x)) != FP_OK || (st = src_u64(&s, &x2)) != FP_OK)
-            break;
-        /* every third pair: x2 moved to either side of the first trial's boundary for this x */
-        if (i % 3 != 0) {
-            table_word_t d;
-            table_decode(g, x, &d);
-            const u128 N = table_gamma_num(g, &d);
-            if (N > 0 && N < g->acc_den) {
-                /* lim, the smallest x2 with ⌊x2·acc_den / 2^64⌋ ≥ N, leaves a low part below
-                 * acc_den (the exact path's case); lim + 1 is the first the fast path decides
-                 * (trial 0), lim − 1 the last with trial 1 */
-                const u128 lim = (((u128)N << 64) + g->acc_den - 1) / g->acc_den;
-                if (lim + 1 <= UINT64_MAX && lim >= 1)
-                    x2 = i % 3 == 1 ? (uint64_t)lim + 1 : (uint64_t)lim - 1;
-            }
+    unsigned e;
+    uint64_t ad_shr;
+    const int vec = table_vec_params(g, &e, &ad_shr);
+    for (size_t i0 = 0, grp = 0; i0 < n && st == FP_OK; i0 += TABLE_GROUP, grp++) {
+        const int mode = (int)(grp % 6), special = (int)(grp / 6 % TABLE_GROUP);
+        uint64_t xs[TABLE_GROUP];
+        int64_t zf[TABLE_GROUP], zacc[TABLE_GROUP];
+        int rf[TABLE_GROUP], any_slow = 0, nacc = 0;
+        for (int j = 0; j < TABLE_GROUP && st == FP_OK; j++) {
+            st = src_u64(&s, &xs[j]);
+            xs[j] = selfcheck_word(g, xs[j], mode, j == special);
         }
-        int64_t zf = 0, zs = 0;
-        const int rf = table_fast(g, x, x2, &zf);
-        if (rf == TABLE_SLOW)
-            continue;
-        fast++;
-        const unsigned pos = s.pos, nbits = s.nbits;
-        int acc;
-        if ((st = table_proposal(g, &s, x, x2, &zs, &acc)) != FP_OK)
-            break;
-        if (s.pos != pos || s.nbits != nbits)
-            st = FP_FAIL(FP_ERR_INTERNAL, "table_selfcheck: pair %zu (%016llx %016llx): the exact path drew words "
-                         "where the fast one decided", i, (unsigned long long)x, (unsigned long long)x2);
-        else if (acc != (rf == TABLE_ACCEPT) || (acc && zs != zf))
-            st = FP_FAIL(FP_ERR_INTERNAL, "table_selfcheck: pair %zu (%016llx %016llx): fast %s %lld, exact %s %lld",
-                         i, (unsigned long long)x, (unsigned long long)x2, rf == TABLE_ACCEPT ? "accepts" : "rejects",
-                         (long long)zf, acc ? "accepts" : "rejects", (long long)zs);
+        for (int j = 0; j < TABLE_GROUP && st == FP_OK; j++) {
+            const uint64_t x = xs[j];
+            rf[j] = table_fast(g, x, &zf[j]);
+            if (rf[j] == TABLE_SLOW) {
+                any_slow = 1;
+                continue;
+            }
+            if (rf[j] == TABLE_ACCEPT)
+                zacc[nacc++] = zf[j];
+            if (i0 + (size_t)j < n)
+                fast++;
+            const unsigned pos = s.pos, nbits = s.nbits;
+            int acc;
+            int64_t zs = 0;
+            if ((st = table_proposal(g, &s, x, &zs, &acc)) != FP_OK)
+                break;
+            if (s.pos != pos || s.nbits != nbits)
+                st = FP_FAIL(FP_ERR_INTERNAL, "table_selfcheck: word %zu (%016llx): the exact path drew words "
+                             "where the fast one decided", i0 + (size_t)j, (unsigned long long)x);
+            else if (acc != (rf[j] == TABLE_ACCEPT) || (acc && zs != zf[j]))
+                st = FP_FAIL(FP_ERR_INTERNAL, "table_selfcheck: word %zu (%016llx): fast %s %lld, exact %s %lld",
+                             i0 + (size_t)j, (unsigned long long)x, rf[j] == TABLE_ACCEPT ? "accepts" : "rejects",
+                             (long long)zf[j], acc ? "accepts" : "rejects", (long long)zs);
+        }
+#if NOISE_AVX512
+        if (st == FP_OK && vec) { /* the 8 lanes decide as table_fast does, lane by lane */
+            int64_t zv[TABLE_GROUP];
+            const int rv = table_group8_avx512(g, xs, e, ad_shr, zv);
+            if (any_slow ? rv != -1 : rv != nacc || memcmp(zv, zacc, (size_t)nacc * sizeof *zv) != 0)
+                st = FP_FAIL(FP_ERR_INTERNAL, "table_selfcheck: group at word %zu (mode %d): the AVX-512 path "
+                             "returned %d, the portable one %s %d samples", i0, mode, rv,
+                             any_slow ? "needs the exact path, not" : "decided", any_slow ? -1 : nacc);
+        }
+#else
+        (void)vec, (void)e, (void)ad_shr, (void)any_slow, (void)nacc, (void)zacc;
+#endif
     }
     src_done(&s);
     if (n_fast)

@@ -16,7 +16,7 @@
  * den ≤ num ≤ 2^60; for σ < 1, num < den ≤ 2^31. Every intermediate product is bounded by these
  * limits to fit 64 bits (128 bits in two places, where noted), so nothing can overflow.
  *
- * For σ ≥ FP_DP_DGAUSS_TABLE_MIN a table sampler replaces (1), about 14× faster with AVX-512,
+ * For σ ≥ FP_DP_DGAUSS_TABLE_MIN a table sampler replaces (1), about 24× faster with AVX-512,
  * with the two stated departures from exactness described at fp_dp_dgauss_table_t below
  * (TV ≤ 2^−96 per sample, truncation at 32σ).
  *
@@ -48,8 +48,10 @@
  * σ/64, covering [0, 32σ) at least): a bin b with probability ∝ exp(−(bW)²/(2σ²)) from an alias
  * table, an offset uniform in [0, W), then the proposal z = bW + offset is accepted with the
  * exact Bernoulli(exp(−(z² − (bW)²)/(2σ²))) of CKS Algorithm 1 (an exponent below 0.05: usually
- * one trial), and a random sign (−0 refused). About 2 random words and a few predictable
- * branches per sample instead of CKS's ~20 coin-flip decisions: about 9× faster (docs/BENCHMARKS.md).
+ * one trial), and a random sign (−0 refused). About one random word (bin, sign, offset and the
+ * leading bits of the two uniforms that decide the alias column and the first trial, with further
+ * words only on a tie of those bits) and a few predictable branches per sample instead of CKS's
+ * ~20 coin-flip decisions: about 24× faster with AVX-512 (docs/BENCHMARKS.md).
  * Its departures from the exact N_Z(0, σ²), both stated for the accountant: (1) the bin
  * probabilities are computed in 113-bit floating point (libquadmath) and held as 128-bit integer
  * thresholds, which puts the output within total-variation distance 2^−96 of the exact
@@ -98,12 +100,14 @@ double fp_dp_dgauss_sigma2(const fp_dp_dgauss_t *g);
 /* n samples of the discrete Gaussian into z[0..n). */
 fp_status fp_dp_dgauss_sample_n(const fp_dp_dgauss_t *g, fp_csprng_t *r, int64_t *z, size_t n);
 
-/* Testing: draws n proposals' words from r (a third of them with the second word placed on either
- * side of the in-bin trial's boundary) and checks that wherever the table sampler's fast path
- * decides a proposal, its exact path (the whole algorithm, given the same words) decides it the
- * same way without drawing more. *n_fast (may be NULL): proposals the fast path decided.
- * Errors: FP_ERR_INVALID (NULL, or g has no table), FP_ERR_INTERNAL naming the first disagreeing
- * pair. */
+/* Testing: draws n proposal words from r in groups of 8 (in five groups of six, some fields of
+ * the words placed on, just before or just past the boundaries of the column's and the first
+ * in-bin trial's decisions) and checks that wherever the table sampler's fast path decides a
+ * proposal, its exact path (the whole algorithm, given the same word) decides it the same way
+ * without drawing more, and, where the CPU has AVX-512 and σ² is dyadic, that the 8-lane path
+ * decides each group as the fast path does lane by lane. *n_fast (may be NULL): proposals the
+ * fast path decided. Errors: FP_ERR_INVALID (NULL, or g has no table), FP_ERR_INTERNAL naming the
+ * first disagreeing word or group. */
 fp_status fp_dp_dgauss_table_selfcheck(const fp_dp_dgauss_t *g, fp_csprng_t *r, size_t n, size_t *n_fast);
 
 /* Testing and benchmarks: on = 0 keeps the table sampler on its portable path; on = 1 (the

@@ -498,9 +498,10 @@ static void test_dgauss_table_fast_path(void **state)
         if (fp_dp_dgauss_table_selfcheck(&p, g, n, &fast) != FP_OK)
             fail_msg("%s", fp_error_message());
         print_message("  table %zu: fast path decided %zu of %zu proposals\n", t, fast, n);
-        /* the random third is decided there about 99% of the time, the pairs just above the
-         * boundary always, those just below never */
-        assert_true(fast > n / 2 && fast < n * 7 / 10);
+        /* groups in six modes (noise.c, selfcheck_word): random words are decided there about
+         * 99% of the time, words just past a boundary always, the one lane on a tie or before the
+         * boundary in three modes never: about 1 − 3/48 − 1% */
+        assert_true(fast > n * 88 / 100 && fast < n * 95 / 100);
     }
     size_t fast = 0;
     static fp_dp_dgauss_t q;
