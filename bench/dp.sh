@@ -11,7 +11,8 @@
 #    the best of R repetitions each, and the ratios.
 # 2. Steps: fedprof-bench-step on the Games shape (maxlen 50, 23,715 items, mean length 9.3,
 #    batch 128, 2 threads): a normal step, the clipped gradient on the same batch, and S whole
-#    DP-SGD steps of the same expected batch, with their noise time apart; then the same at each
+#    DP-SGD steps of the same expected batch, with their noise time apart, and S whole sigma=1
+#    steps as training runs them (noise and the division by the batch in one pass); then the same at each
 #    batch of --batches (default none): the noise is per step, whatever the batch, so its share
 #    of a step falls as the batch grows.
 #
@@ -36,7 +37,7 @@ while [ $# -gt 0 ]; do
     --reps) REPS=$2; shift 2 ;;
     --steps) STEPS=$2; shift 2 ;;
     --batches) BATCHES=$2; shift 2 ;;
-    -h|--help) sed -n '2,23p' "$0"; exit 0 ;;
+    -h|--help) sed -n '2,24p' "$0"; exit 0 ;;
     *) echo "dp.sh: unknown argument $1" >&2; exit 2 ;;
   esac
 done
