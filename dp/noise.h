@@ -100,7 +100,7 @@ double fp_dp_dgauss_sigma2(const fp_dp_dgauss_t *g);
 /* n samples of the discrete Gaussian into z[0..n). */
 fp_status fp_dp_dgauss_sample_n(const fp_dp_dgauss_t *g, fp_csprng_t *r, int64_t *z, size_t n);
 
-/* Testing: draws n proposal words from r in groups of 8 (in five groups of six, some fields of
+/* Testing: draws n proposal words from r in groups of 8 (in five of every six groups, fields of
  * the words placed on, just before or just past the boundaries of the column's and the first
  * in-bin trial's decisions) and checks that wherever the table sampler's fast path decides a
  * proposal, its exact path (the whole algorithm, given the same word) decides it the same way
