@@ -54,7 +54,7 @@ int main(int argc, char **argv)
     if (fp_threads_env_init(argv) != FP_OK) /* harmless: libgomp's default wait policy stays */
         fprintf(stderr, "fedprof-bench-step: note: %s\n", fp_error_message());
     int dim = 50, blocks = 2, heads = 1, maxlen = 200, batch = 128, items = 3416, threads = 2, steps = 50, help = 0;
-    int dp_steps = 10, noise_n = 0, reps = 5;
+    int dp_steps = 10, noise_n = 0, reps = 5, simd = FP_DP_SIMD_AVX512;
     float mean_len = 50;
     const char *device = "cpu";
     fp_opt_t opts[] = {
@@ -71,6 +71,7 @@ int main(int argc, char **argv)
         {"noise", FP_OPT_INT, &noise_n, 0, 1 << 30, NULL, "only time fp_dp_add_noise on this many coordinates"},
         {"reps", FP_OPT_INT, &reps, 1, 1000, NULL, "repetitions of --noise (the best is reported)"},
         {"device", FP_OPT_STR, &device, 0, 0, NULL, "cpu | cuda | auto: where the model runs (default cpu)"},
+        {"simd", FP_OPT_INT, &simd, 0, 2, NULL, "the noise sampler's best path: 0 portable, 1 AVX2, 2 AVX-512 (default)"},
         {"help", FP_OPT_FLAG, &help, 0, 0, NULL, "this help"},
         {NULL, 0, NULL, 0, 0, NULL, NULL},
     };
@@ -89,6 +90,8 @@ int main(int argc, char **argv)
         return 2;
     }
     printf("device: %s\nidle threads: %s\n", dinfo, fp_threads_env_describe());
+    static const char *simd_names[] = {"portable", "AVX2", "AVX-512"};
+    printf("noise sampler: %s path\n", simd_names[fp_dp_noise_set_simd(simd)]);
     fp_k_set_threads(threads);
     if (noise_n > 0) {
         fp_dpsgd_plan_t plan;

@@ -24,18 +24,18 @@
 #include <omp.h>
 #endif
 
-/* The table sampler's 8-lane fast path (dgauss_table_n) on x86-64 CPUs with AVX-512F/DQ, chosen
- * at run time; the portable path computes the same outputs from the same words. */
+/* The table sampler's vector fast paths (dgauss_table_n) on x86-64: 8 lanes with AVX-512F/DQ, 4
+ * with AVX2, chosen at run time; the portable path computes the same outputs from the same words. */
 #if defined(__x86_64__) && defined(__GNUC__)
-#define NOISE_AVX512 1
+#define NOISE_X86 1
 #include <immintrin.h>
 #else
-#define NOISE_AVX512 0
+#define NOISE_X86 0
 #endif
 /* Plain loops over the vector compiled also for x86-64-v4 (AVX-512: 8 doubles and int64→double
  * conversions per instruction), chosen at load time; every operation in them is exact or
  * correctly rounded IEEE arithmetic, so each clone computes the same bits. */
-#if NOISE_AVX512 && !defined(__clang__)
+#if NOISE_X86 && !defined(__clang__)
 #define NOISE_VEC __attribute__((target_clones("arch=x86-64-v4", "default")))
 #else
 #define NOISE_VEC
@@ -604,13 +604,16 @@ static fp_status table_group(const fp_dp_dgauss_t *p, src_t *s, const uint64_t *
     return FP_OK;
 }
 
-#if NOISE_AVX512
-static int simd_on = -1; /* -1: not decided yet; fp_dp_noise_set_simd */
+#if NOISE_X86
+static int simd_level = -1; /* -1: not decided yet; fp_dp_noise_set_simd */
 
-static int simd_usable(void)
+/* The best vector path this CPU runs (FP_DP_SIMD_*). */
+static int simd_best(void)
 {
     __builtin_cpu_init();
-    return __builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq");
+    if (__builtin_cpu_supports("avx512f") && __builtin_cpu_supports("avx512dq"))
+        return FP_DP_SIMD_AVX512;
+    return __builtin_cpu_supports("avx2") ? FP_DP_SIMD_AVX2 : FP_DP_SIMD_PORTABLE;
 }
 
 /* table_fast on 8 proposals at once, for σ² with a power-of-two denominator 2^e (then
@@ -661,43 +664,102 @@ __attribute__((target("avx512f,avx512dq"))) static int table_group8_avx512(const
     _mm512_mask_compressstoreu_epi64((void *)z, acc, _mm512_mask_sub_epi64(y, neg, zero, y));
     return __builtin_popcount(acc);
 }
+
+/* table_fast on 4 proposals at once with AVX2 (no 64-bit multiply, unsigned compare or compress
+ * there): the same decisions as table_group8_avx512, from 32-bit products, with signed compares
+ * where every operand is below 2^63; a group with a refused −0 also goes to the portable path.
+ * Returns -1, writing nothing, or 4 with the 4 samples in z. */
+__attribute__((target("avx2"))) static int table_group4_avx2(const fp_dp_dgauss_t *p, const uint64_t *xs, unsigned e,
+                                                             uint64_t ad_shr, int64_t *z)
+{
+    const fp_dp_dgauss_table_t *t = &p->table;
+    const unsigned lw = t->log2w, ka = table_ka(lw), kb = table_kb(lw);
+    const __m128i s_lw = _mm_cvtsi32_si128((int)lw), s_kb = _mm_cvtsi32_si128((int)kb);
+    const __m256i x = _mm256_loadu_si256((const __m256i *)(const void *)xs);
+    const __m256i c = _mm256_srli_epi64(x, 53);
+    const __m256i ua = _mm256_and_si256(_mm256_srl_epi64(x, _mm_cvtsi32_si128((int)(lw + kb))),
+                                        _mm256_set1_epi64x((long long)(((uint64_t)1 << ka) - 1)));
+    const __m256i t_top = _mm256_srl_epi64(_mm256_i64gather_epi64((const long long *)(const void *)t->thr_hi, c, 8),
+                                           _mm_cvtsi32_si128((int)(64 - ka)));
+    /* ua, t_top < 2^ka ≤ 2^33: signed compares are exact */
+    const __m256i tie = _mm256_cmpeq_epi64(ua, t_top), keep = _mm256_cmpgt_epi64(t_top, ua);
+    const __m256i al = _mm256_and_si256(
+        _mm256_cvtepu32_epi64(_mm256_i64gather_epi32((const int *)(const void *)t->alias, c, 2)),
+        _mm256_set1_epi64x(0xffff));
+    const __m256i b = _mm256_blendv_epi8(al, c, keep);
+    const __m256i off = _mm256_and_si256(x, _mm256_set1_epi64x((long long)(((uint64_t)1 << lw) - 1)));
+    const __m256i lo = _mm256_sll_epi64(b, s_lw), y = _mm256_add_epi64(lo, off);
+    /* prod = off·(2lo + off): off < 2^25 fits 32 bits, a = 2lo + off < 2^37 in two halves */
+    const __m256i a = _mm256_add_epi64(_mm256_add_epi64(lo, lo), off);
+    const __m256i prod = _mm256_add_epi64(_mm256_mul_epu32(off, a),
+                                          _mm256_slli_epi64(_mm256_mul_epu32(off, _mm256_srli_epi64(a, 32)), 32));
+    /* prod, ad_shr < 2^62 */
+    const __m256i big = _mm256_cmpgt_epi64(prod, _mm256_set1_epi64x((long long)ad_shr - 1));
+    const __m256i N = _mm256_sll_epi64(prod, _mm_cvtsi32_si128((int)e)); /* exact where !big: < acc_den */
+    /* the first trial surely 0, as in table_group8_avx512: S = vb·q + f > N, or = N with ρ > 0;
+     * vb < 2^23 and r < 2^23 fit 32 bits, q < 2^55 in two halves */
+    const uint64_t q = p->acc_den >> kb, r = p->acc_den & (((uint64_t)1 << kb) - 1);
+    const __m256i vb = _mm256_and_si256(_mm256_srl_epi64(x, s_lw),
+                                        _mm256_set1_epi64x((long long)(((uint64_t)1 << kb) - 1)));
+    const __m256i vq = _mm256_add_epi64(
+        _mm256_mul_epu32(vb, _mm256_set1_epi64x((long long)(q & 0xffffffffu))),
+        _mm256_slli_epi64(_mm256_mul_epu32(vb, _mm256_set1_epi64x((long long)(q >> 32))), 32));
+    const __m256i vr = _mm256_mul_epu32(vb, _mm256_set1_epi64x((long long)r));
+    const __m256i S = _mm256_add_epi64(vq, _mm256_srl_epi64(vr, s_kb));
+    const __m256i rho = _mm256_and_si256(vr, _mm256_set1_epi64x((long long)(((uint64_t)1 << kb) - 1)));
+    const __m256i zero = _mm256_setzero_si256();
+    const __m256i trial0 = _mm256_or_si256(
+        _mm256_cmpgt_epi64(S, N), _mm256_andnot_si256(_mm256_cmpeq_epi64(rho, zero), _mm256_cmpeq_epi64(S, N)));
+    const __m256i neg = _mm256_cmpeq_epi64(_mm256_and_si256(x, _mm256_set1_epi64x((long long)((uint64_t)1 << 52))),
+                                           _mm256_set1_epi64x((long long)((uint64_t)1 << 52)));
+    const __m256i rej = _mm256_and_si256(neg, _mm256_cmpeq_epi64(y, zero));
+    const __m256i slow = _mm256_or_si256(_mm256_or_si256(tie, big),
+                                         _mm256_or_si256(rej, _mm256_xor_si256(trial0, _mm256_set1_epi64x(-1))));
+    if (!_mm256_testz_si256(slow, slow))
+        return -1;
+    _mm256_storeu_si256((__m256i *)(void *)z, _mm256_sub_epi64(_mm256_xor_si256(y, neg), neg));
+    return 4;
+}
 #endif
 
-/* Whether the 8-lane path serves p (AVX-512 usable and σ² dyadic, den = 2^e), and its e and
- * ad_shr. */
-static int table_vec_params(const fp_dp_dgauss_t *p, unsigned *e_out, uint64_t *ad_shr)
+/* Whether σ² is dyadic (den = 2^e), which the vector paths need, and their e and ad_shr. */
+static int table_dyadic(const fp_dp_dgauss_t *p, unsigned *e_out, uint64_t *ad_shr)
 {
-    *e_out = 0;
-    *ad_shr = 0;
-#if NOISE_AVX512
-    int use = __atomic_load_n(&simd_on, __ATOMIC_RELAXED);
-    if (use < 0) { /* every thread computes the same value */
-        use = simd_usable();
-        __atomic_store_n(&simd_on, use, __ATOMIC_RELAXED);
-    }
     unsigned e = 0;
     while (e < 63 && ((p->den >> e) & 1) == 0)
         e++;
-    if (!use || p->den != (uint64_t)1 << e)
-        return 0;
     *e_out = e;
     *ad_shr = (uint64_t)(((u128)p->acc_den + ((u128)1 << e) - 1) >> e);
-    return 1;
+    return p->den == (uint64_t)1 << e;
+}
+
+/* The path that serves p (FP_DP_SIMD_*): the one set, where σ² is dyadic; else the portable one. */
+static int table_vec_params(const fp_dp_dgauss_t *p, unsigned *e_out, uint64_t *ad_shr)
+{
+    const int dyadic = table_dyadic(p, e_out, ad_shr);
+#if NOISE_X86
+    int level = __atomic_load_n(&simd_level, __ATOMIC_RELAXED);
+    if (level < 0) { /* every thread computes the same value */
+        level = simd_best();
+        __atomic_store_n(&simd_level, level, __ATOMIC_RELAXED);
+    }
+    return dyadic ? level : FP_DP_SIMD_PORTABLE;
 #else
-    (void)p;
-    return 0;
+    (void)dyadic;
+    return FP_DP_SIMD_PORTABLE;
 #endif
 }
 
-int fp_dp_noise_set_simd(int on)
+int fp_dp_noise_set_simd(int level)
 {
-#if NOISE_AVX512
-    const int v = on && simd_usable();
-    __atomic_store_n(&simd_on, v, __ATOMIC_RELAXED);
+#if NOISE_X86
+    const int best = simd_best();
+    const int v = level <= FP_DP_SIMD_PORTABLE ? FP_DP_SIMD_PORTABLE : level < best ? level : best;
+    __atomic_store_n(&simd_level, v, __ATOMIC_RELAXED);
     return v;
 #else
-    (void)on;
-    return 0;
+    (void)level;
+    return FP_DP_SIMD_PORTABLE;
 #endif
 }
 
@@ -713,7 +775,6 @@ static fp_status dgauss_table_n(const fp_dp_dgauss_t *p, src_t *s, int64_t *z, s
     unsigned e;
     uint64_t ad_shr;
     const int vec = table_vec_params(p, &e, &ad_shr);
-    (void)vec;
     while (i < n && st == FP_OK) {
         /* straight from the generator: s's buffer serves only the exact path's further draws */
         if ((st = fp_csprng_bytes(s->r, w, sizeof w)) != FP_OK)
@@ -724,14 +785,23 @@ static fp_status dgauss_table_n(const fp_dp_dgauss_t *p, src_t *s, int64_t *z, s
 #endif
         for (int g = 0; g < TABLE_BLOCK && i < n && st == FP_OK; g += TABLE_GROUP) {
             const uint64_t *x = w + g;
-#if NOISE_AVX512
-            if (vec && n - i >= TABLE_GROUP) {
+#if NOISE_X86
+            if (vec == FP_DP_SIMD_AVX512 && n - i >= TABLE_GROUP) {
                 const int r = table_group8_avx512(p, x, e, ad_shr, z + i);
                 if (r >= 0) {
                     i += (size_t)r;
                     continue;
                 }
+            } else if (vec == FP_DP_SIMD_AVX2 && n - i >= TABLE_GROUP) {
+                /* both halves or neither: a failed second half leaves the group to the portable
+                 * path, which rewrites the first half's samples identically */
+                if (table_group4_avx2(p, x, e, ad_shr, z + i) == 4 && table_group4_avx2(p, x + 4, e, ad_shr, z + i + 4) == 4) {
+                    i += TABLE_GROUP;
+                    continue;
+                }
             }
+#else
+            (void)vec;
 #endif
             size_t got = 0;
             st = table_group(p, s, x, z + i, n - i, &got);
@@ -792,7 +862,13 @@ fp_status fp_dp_dgauss_table_selfcheck(const fp_dp_dgauss_t *g, fp_csprng_t *r, 
     size_t fast = 0;
     unsigned e;
     uint64_t ad_shr;
-    const int vec = table_vec_params(g, &e, &ad_shr);
+    /* every vector path the CPU has, whichever is set */
+#if NOISE_X86
+    const int vec = table_dyadic(g, &e, &ad_shr) ? simd_best() : FP_DP_SIMD_PORTABLE;
+#else
+    const int vec = FP_DP_SIMD_PORTABLE;
+    (void)table_dyadic(g, &e, &ad_shr);
+#endif
     for (size_t i0 = 0, grp = 0; i0 < n && st == FP_OK; i0 += TABLE_GROUP, grp++) {
         const int mode = (int)(grp % 6), special = (int)(grp / 6 % TABLE_GROUP);
         uint64_t xs[TABLE_GROUP];
@@ -826,14 +902,26 @@ fp_status fp_dp_dgauss_table_selfcheck(const fp_dp_dgauss_t *g, fp_csprng_t *r, 
                              i0 + (size_t)j, (unsigned long long)x, rf[j] == TABLE_ACCEPT ? "accepts" : "rejects",
                              (long long)zf[j], acc ? "accepts" : "rejects", (long long)zs);
         }
-#if NOISE_AVX512
-        if (st == FP_OK && vec) { /* the 8 lanes decide as table_fast does, lane by lane */
+#if NOISE_X86
+        if (st == FP_OK && vec >= FP_DP_SIMD_AVX512) { /* the 8 lanes decide as table_fast does, lane by lane */
             int64_t zv[TABLE_GROUP];
             const int rv = table_group8_avx512(g, xs, e, ad_shr, zv);
             if (any_slow ? rv != -1 : rv != nacc || memcmp(zv, zacc, (size_t)nacc * sizeof *zv) != 0)
                 st = FP_FAIL(FP_ERR_INTERNAL, "table_selfcheck: group at word %zu (mode %d): the AVX-512 path "
                              "returned %d, the portable one %s %d samples", i0, mode, rv,
                              any_slow ? "needs the exact path, not" : "decided", any_slow ? -1 : nacc);
+        }
+        for (int h = 0; st == FP_OK && vec >= FP_DP_SIMD_AVX2 && h < TABLE_GROUP; h += 4) {
+            /* each 4-lane half: all 4 accepted by table_fast, or handed back */
+            int all = 1;
+            for (int j = h; j < h + 4; j++)
+                all &= rf[j] == TABLE_ACCEPT;
+            int64_t zv[4];
+            const int rv = table_group4_avx2(g, xs + h, e, ad_shr, zv);
+            if (all ? rv != 4 || memcmp(zv, zf + h, sizeof zv) != 0 : rv != -1)
+                st = FP_FAIL(FP_ERR_INTERNAL, "table_selfcheck: half group at word %zu (mode %d): the AVX2 path "
+                             "returned %d, the portable one %s", i0 + (size_t)h, mode, rv,
+                             all ? "accepts all 4" : "does not accept all 4");
         }
 #else
         (void)vec, (void)e, (void)ad_shr, (void)any_slow, (void)nacc, (void)zacc;

@@ -16,9 +16,9 @@
  * den ≤ num ≤ 2^60; for σ < 1, num < den ≤ 2^31. Every intermediate product is bounded by these
  * limits to fit 64 bits (128 bits in two places, where noted), so nothing can overflow.
  *
- * For σ ≥ FP_DP_DGAUSS_TABLE_MIN a table sampler replaces (1), about 24× faster with AVX-512,
- * with the two stated departures from exactness described at fp_dp_dgauss_table_t below
- * (TV ≤ 2^−96 per sample, truncation at 32σ).
+ * For σ ≥ FP_DP_DGAUSS_TABLE_MIN a table sampler replaces (1), about 24× faster with AVX-512 (22×
+ * with AVX2, 15× portable), with the two stated departures from exactness described at
+ * fp_dp_dgauss_table_t below (TV ≤ 2^−96 per sample, truncation at 32σ).
  *
  * Truncation (CKS's one departure from exactness, stated so the accountant can include it): a
  * proposal with |Z| > T, T = 1024·(⌊σ⌋ + 1) (T = 1024 when σ < 1), is refused. The output is
@@ -104,17 +104,19 @@ fp_status fp_dp_dgauss_sample_n(const fp_dp_dgauss_t *g, fp_csprng_t *r, int64_t
  * the words placed on, just before or just past the boundaries of the column's and the first
  * in-bin trial's decisions) and checks that wherever the table sampler's fast path decides a
  * proposal, its exact path (the whole algorithm, given the same word) decides it the same way
- * without drawing more, and, where the CPU has AVX-512 and σ² is dyadic, that the 8-lane path
- * decides each group as the fast path does lane by lane. *n_fast (may be NULL): proposals the
- * fast path decided. Errors: FP_ERR_INVALID (NULL, or g has no table), FP_ERR_INTERNAL naming the
+ * without drawing more, and, where σ² is dyadic, that each vector path the CPU has (AVX-512's 8
+ * lanes, AVX2's 4) decides each group as the fast path does lane by lane. *n_fast (may be NULL):
+ * proposals the fast path decided. Errors: FP_ERR_INVALID (NULL, or g has no table), FP_ERR_INTERNAL naming the
  * first disagreeing word or group. */
 fp_status fp_dp_dgauss_table_selfcheck(const fp_dp_dgauss_t *g, fp_csprng_t *r, size_t n, size_t *n_fast);
 
-/* Testing and benchmarks: on = 0 keeps the table sampler on its portable path; on = 1 (the
- * default) lets it decide proposals 8 at a time with AVX-512 where the CPU has AVX-512F/DQ. Both
- * give the same samples from the same generator (tested). Returns 1 if AVX-512 is now in use.
- * Call while no thread is sampling. */
-int fp_dp_noise_set_simd(int on);
+/* The table sampler's vector paths: FP_DP_SIMD_AVX512 decides proposals 8 at a time with
+ * AVX-512F/DQ, FP_DP_SIMD_AVX2 4 at a time with AVX2; by default the best the CPU has is used. */
+enum { FP_DP_SIMD_PORTABLE = 0, FP_DP_SIMD_AVX2 = 1, FP_DP_SIMD_AVX512 = 2 };
+/* Testing and benchmarks: use at most path `level` (FP_DP_SIMD_*; lower is always possible).
+ * Every path gives the same samples from the same generator (tested). Returns the path now in
+ * use. Call while no thread is sampling. */
+int fp_dp_noise_set_simd(int level);
 fp_status fp_dp_dgauss_sample(const fp_dp_dgauss_t *g, fp_csprng_t *r, int64_t *z);
 
 /* Exact Bernoulli(exp(−num/den)) (CKS 2020 Algorithm 1) into *out (0 or 1); den ≥ 1.

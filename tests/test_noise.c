@@ -510,8 +510,8 @@ static void test_dgauss_table_fast_path(void **state)
     fp_csprng_destroy(g);
 }
 
-/* The 8-lane AVX-512 path and the portable one give the same samples from the same seed (where
- * the CPU has AVX-512; elsewhere both runs take the portable path), for a dyadic σ² (the path's
+/* Every vector path this CPU has (AVX-512, AVX2) gives the same samples as the portable one from
+ * the same seed (elsewhere all runs take the portable path), for a dyadic σ² (the vector paths'
  * case) and a non-dyadic one (always portable), through fp_dp_dgauss_sample_n and
  * fp_dp_add_noise. */
 static void test_dgauss_table_simd_equals_portable(void **state)
@@ -521,33 +521,36 @@ static void test_dgauss_table_simd_equals_portable(void **state)
     enum { N = 200003 };
     static int64_t a[N], b[N];
     static float va[N], vb[N];
-    for (int t = 0; t < 2; t++) {
-        if (t == 0)
-            assert_int_equal(fp_dp_dgauss_init(&p, 2097152.0), FP_OK);
-        else
-            assert_int_equal(fp_dp_dgauss_init_rational(&p, 100000000001ULL, 3), FP_OK);
-        fp_csprng_t *g1 = seeded(50), *g2 = seeded(50);
-        const int simd = fp_dp_noise_set_simd(1);
-        print_message("  sigma^2 %llu/%llu: AVX-512 path %s\n", (unsigned long long)p.num, (unsigned long long)p.den,
-                      simd ? "available" : "not available on this CPU");
-        assert_int_equal(fp_dp_dgauss_sample_n(&p, g1, a, N), FP_OK);
-        fp_dp_noise_set_simd(0);
-        assert_int_equal(fp_dp_dgauss_sample_n(&p, g2, b, N), FP_OK);
-        assert_memory_equal(a, b, sizeof a);
+    static const char *names[] = {"portable", "AVX2", "AVX-512"};
+    for (int level = FP_DP_SIMD_AVX2; level <= FP_DP_SIMD_AVX512; level++) {
+        const int got = fp_dp_noise_set_simd(level);
+        print_message("  %s path requested: %s in use\n", names[level], names[got]);
+        for (int t = 0; t < 2; t++) {
+            if (t == 0)
+                assert_int_equal(fp_dp_dgauss_init(&p, 2097152.0), FP_OK);
+            else
+                assert_int_equal(fp_dp_dgauss_init_rational(&p, 100000000001ULL, 3), FP_OK);
+            fp_csprng_t *g1 = seeded(50), *g2 = seeded(50);
+            assert_int_equal(fp_dp_noise_set_simd(level), got);
+            assert_int_equal(fp_dp_dgauss_sample_n(&p, g1, a, N), FP_OK);
+            assert_int_equal(fp_dp_noise_set_simd(FP_DP_SIMD_PORTABLE), FP_DP_SIMD_PORTABLE);
+            assert_int_equal(fp_dp_dgauss_sample_n(&p, g2, b, N), FP_OK);
+            assert_memory_equal(a, b, sizeof a);
+            fp_csprng_destroy(g1);
+            fp_csprng_destroy(g2);
+        }
+        fp_csprng_t *g1 = seeded(51), *g2 = seeded(51);
+        for (int i = 0; i < N; i++)
+            va[i] = vb[i] = (float)(i % 97) * 0.25f - 10.0f;
+        fp_dp_noise_set_simd(level);
+        assert_int_equal(fp_dp_add_noise(va, N, 1.0, 0x1p-21, g1), FP_OK);
+        fp_dp_noise_set_simd(FP_DP_SIMD_PORTABLE);
+        assert_int_equal(fp_dp_add_noise(vb, N, 1.0, 0x1p-21, g2), FP_OK);
+        assert_memory_equal(va, vb, sizeof va);
         fp_csprng_destroy(g1);
         fp_csprng_destroy(g2);
     }
-    fp_csprng_t *g1 = seeded(51), *g2 = seeded(51);
-    for (int i = 0; i < N; i++)
-        va[i] = vb[i] = (float)(i % 97) * 0.25f - 10.0f;
-    fp_dp_noise_set_simd(1);
-    assert_int_equal(fp_dp_add_noise(va, N, 1.0, 0x1p-21, g1), FP_OK);
-    fp_dp_noise_set_simd(0);
-    assert_int_equal(fp_dp_add_noise(vb, N, 1.0, 0x1p-21, g2), FP_OK);
-    assert_memory_equal(va, vb, sizeof va);
-    fp_dp_noise_set_simd(1);
-    fp_csprng_destroy(g1);
-    fp_csprng_destroy(g2);
+    fp_dp_noise_set_simd(FP_DP_SIMD_AVX512); /* back to the best this CPU has */
 }
 
 /* The table sampler's output against the exact pmf where a fault in it would show: the offsets
