@@ -71,7 +71,8 @@ int main(int argc, char **argv)
         {"noise", FP_OPT_INT, &noise_n, 0, 1 << 30, NULL, "only time fp_dp_add_noise on this many coordinates"},
         {"reps", FP_OPT_INT, &reps, 1, 1000, NULL, "repetitions of --noise (the best is reported)"},
         {"device", FP_OPT_STR, &device, 0, 0, NULL, "cpu | cuda | auto: where the model runs (default cpu)"},
-        {"simd", FP_OPT_INT, &simd, 0, 2, NULL, "the noise sampler's best path: 0 portable, 1 AVX2, 2 AVX-512 (default)"},
+        {"simd", FP_OPT_INT, &simd, 0, 2, NULL,
+         "the noise sampler's best path: 0 portable, 1 AVX2, 2 AVX-512 (default)"},
         {"help", FP_OPT_FLAG, &help, 0, 0, NULL, "this help"},
         {NULL, 0, NULL, 0, 0, NULL, NULL},
     };

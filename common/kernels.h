@@ -21,9 +21,12 @@
  * tolerances are stated and checked in tests/test_cuda.c.
  *
  * Thread-safety: the thread count is a setting of the calling thread (fp_k_set_threads). The
- * functions are re-entrant on disjoint buffers; each call spawns its own OpenMP team of that
+ * CPU functions are re-entrant on disjoint buffers; each call spawns its own OpenMP team of that
  * many threads, so callers running several models at once should divide the cores between
- * them. No function allocates memory (but fp_k_alloc, which is for the caller). */
+ * them. The CUDA back-end is not: one cuBLAS handle, its scratch buffers and its sticky error are
+ * process-wide, so with CUDA selected only one thread at a time may call these functions (every
+ * fedprof program trains one model at a time). No function allocates memory (but fp_k_alloc,
+ * which is for the caller). */
 #ifndef FEDPROF_COMMON_KERNELS_H
 #define FEDPROF_COMMON_KERNELS_H
 

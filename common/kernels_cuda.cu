@@ -140,15 +140,23 @@ static void *fp_kcuda_alloc(size_t bytes)
     return p;
 }
 
-/* 1 if p is CUDA memory (then freed), 0 if it is not (the caller frees it). */
+#if CUDART_VERSION < 11000
+#error "common/kernels_cuda.cu needs CUDA 11 or later (cudaPointerGetAttributes answers for host memory)"
+#endif
+
+/* 1 if p is CUDA memory (then freed), 0 if it is not (the caller frees it). Since CUDA 11 a host
+ * pointer gets cudaSuccess (type Unregistered) from cudaPointerGetAttributes, so a failure there is
+ * the device's own (a sticky error after a fault): it is recorded and p is left alone (leaked)
+ * rather than handed to libc's free(). */
 static int fp_kcuda_free(void *p)
 {
     if (!g_ready || !p)
         return 0;
     cudaPointerAttributes a;
-    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return 0;
+    const cudaError_t e = cudaPointerGetAttributes(&a, p);
+    if (e != cudaSuccess) {
+        record("cudaPointerGetAttributes(p) in fp_kcuda_free", cudaGetErrorString(e), __FILE__, __LINE__);
+        return 1;
     }
     if (a.type != cudaMemoryTypeManaged && a.type != cudaMemoryTypeDevice)
         return 0;
@@ -157,15 +165,19 @@ static int fp_kcuda_free(void *p)
     return 1;
 }
 
-/* Every non-NULL pointer is device-accessible (managed or device memory). */
+/* Every non-NULL pointer is device-accessible (managed or device memory). A failed query is the
+ * device's (see fp_kcuda_free): recorded, and the pointer taken as the device's, so that the entry
+ * runs (its launches fail and are recorded too) instead of running the CPU code on memory the
+ * faulted device may own, which would hide the error. */
 static int dev_ok(const void *p)
 {
     if (!p)
         return 1;
     cudaPointerAttributes a;
-    if (cudaPointerGetAttributes(&a, p) != cudaSuccess) {
-        (void)cudaGetLastError();
-        return 0;
+    const cudaError_t e = cudaPointerGetAttributes(&a, p);
+    if (e != cudaSuccess) {
+        record("cudaPointerGetAttributes", cudaGetErrorString(e), __FILE__, __LINE__);
+        return 1;
     }
     return a.type == cudaMemoryTypeManaged || a.type == cudaMemoryTypeDevice;
 }
@@ -253,7 +265,7 @@ static int fp_kcuda_linear_fwd(float *out, const float *in, const float *w, cons
         return 0;
     if (N <= 0)
         return 1;
-    if (b)
+    if (b && OC > 0)
         k_bias_rows<<<blocks_for((size_t)N * OC, 256), 256>>>(out, b, N, OC);
     sgemm(0, 0, N, OC, C, 1.0f, in, C, w, OC, b ? 1.0f : 0.0f, out, OC);
     DONE();
@@ -270,7 +282,7 @@ static int fp_kcuda_linear_bwd(float *din, float *dw, float *db, const float *do
     sgemm(1, 0, C, OC, N, 1.0f, in, C, dout, OC, 1.0f, dw, OC);
     if (din)
         sgemm(0, 1, N, C, OC, 1.0f, dout, OC, w, OC, din_accumulate ? 1.0f : 0.0f, din, C);
-    if (db)
+    if (db && OC > 0)
         k_colsums<<<(OC + 127) / 128, 128>>>(db, NULL, dout, NULL, NULL, NULL, N, OC);
     DONE();
     return 1;
@@ -351,7 +363,8 @@ static int fp_kcuda_layernorm_bwd(float *din, float *dg, float *db, const float 
     if (N <= 0)
         return 1;
     k_ln_bwd<<<(N + 3) / 4, 128>>>(din, dout, in, g, mean, rstd, N, C);
-    k_colsums<<<(C + 127) / 128, 128>>>(db, dg, dout, in, mean, rstd, N, C);
+    if (C > 0)
+        k_colsums<<<(C + 127) / 128, 128>>>(db, dg, dout, in, mean, rstd, N, C);
     DONE();
     return 1;
 }
@@ -361,7 +374,7 @@ static int fp_kcuda_layernorm_params_bwd(float *dg, float *db, const float *dout
 {
     if (!all_ok({dg, db, dout, in, mean, rstd}))
         return 0;
-    if (N > 0)
+    if (N > 0 && C > 0)
         k_colsums<<<(C + 127) / 128, 128>>>(db, dg, dout, in, mean, rstd, N, C);
     DONE();
     return 1;
@@ -597,6 +610,8 @@ static int fp_kcuda_sumsq(double *out, float *g, const float *x, size_t n, float
         nb = SUMSQ_BLOCKS;
     k_sumsq<<<nb, 256>>>(g_part, g, x, n, coef);
     DONE();
+    if (g_failed) /* the partial sums are undefined, and the host may not touch them after a fault */
+        return 1;
     double s = 0.0;
     for (unsigned b = 0; b < nb; b++)
         s += g_part[b];
@@ -902,6 +917,8 @@ static int fp_kcuda_sampled_loss_fwd(double *total, float *logits, const float *
     }
     k_loss_fwd<<<(unsigned)((n + 3) / 4), 128>>>(g_rowloss, logits, h, items, emb, n, S, C, kind);
     DONE();
+    if (g_failed)
+        return 1;
     double s = 0.0;
     for (int i = 0; i < n; i++) /* in row order */
         s += g_rowloss[i];
@@ -924,9 +941,9 @@ static int fp_kcuda_sampled_scores_bwd(float *dh, float *demb, const float *dz, 
 {
     if (!all_ok({dh, demb, dz, h, items, emb}))
         return 0;
-    if (n > 0) {
+    if (n > 0 && C > 0) {
         k_scores_dh<<<blocks_for((size_t)n * C, 256), 256>>>(dh, dz, items, emb, n, S, C);
-        if (demb)
+        if (demb && S > 0)
             k_scores_demb<<<blocks_for((size_t)n * S * C, 256), 256>>>(demb, dz, h, items, n, S, C);
     }
     DONE();
@@ -966,7 +983,7 @@ __global__ void k_user_sqnorms(double *acc, const float *x, const int32_t *off, 
 __global__ void k_user_colsums(float *sum, float *sumx, const float *x, const float *in, const float *mean,
                                const float *rstd, const int32_t *off, int U, int C)
 {
-    const int u = blockIdx.y, c = blockIdx.x * blockDim.x + threadIdx.x;
+    const int u = blockIdx.x, c = blockIdx.y * blockDim.x + threadIdx.x; /* users on x: gridDim.y ≤ 65535 */
     if (u >= U || c >= C)
         return;
     float s1 = 0.0f, s2 = 0.0f;
@@ -996,18 +1013,20 @@ __global__ void k_linear_user_sqnorms(double *acc, const float *in, douts_t g, i
     for (int t = 0; t < L; t++)
         for (int tp = threadIdx.x; tp <= t; tp += blockDim.x) {
             const float *xa = in + (size_t)(r0 + t) * C, *xb = in + (size_t)(r0 + tp) * C;
-            float xx = bias; /* 1 with the biases: a weight on a constant input 1 */
+            /* in double: over long windows of correlated rows (LayerNorm outputs) and cancelling
+             * gradients, float Gram entries lost up to 6e-5 of the squared norm */
+            double xx = bias; /* 1 with the biases: a weight on a constant input 1 */
             for (int c = 0; c < C; c++)
-                xx += xa[c] * xb[c];
+                xx += (double)xa[c] * xb[c];
             double gg = 0.0;
             for (int k = 0; k < n_out; k++) {
                 const float *ga = g.d[k] + (size_t)(r0 + t) * OC, *gb = g.d[k] + (size_t)(r0 + tp) * OC;
-                float d = 0.0f;
+                double d = 0.0;
                 for (int c = 0; c < OC; c++)
-                    d += ga[c] * gb[c];
+                    d += (double)ga[c] * gb[c];
                 gg += d;
             }
-            s += (t == tp ? 1.0 : 2.0) * (double)xx * gg;
+            s += (t == tp ? 1.0 : 2.0) * xx * gg;
         }
     s = block_sum_d(s);
     if (threadIdx.x == 0)
@@ -1075,8 +1094,8 @@ static int fp_kcuda_user_colsums(float *sum, float *sumx, const float *x, const 
 {
     if (!all_ok({sum, sumx, x, sumx ? in : NULL, sumx ? mean : NULL, sumx ? rstd : NULL, off}))
         return 0;
-    if (U > 0)
-        k_user_colsums<<<dim3((unsigned)((C + 127) / 128), (unsigned)U), 128>>>(sum, sumx, x, in, mean, rstd, off, U,
+    if (U > 0 && C > 0)
+        k_user_colsums<<<dim3((unsigned)U, (unsigned)((C + 127) / 128)), 128>>>(sum, sumx, x, in, mean, rstd, off, U,
                                                                                C);
     DONE();
     return 1;

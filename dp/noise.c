@@ -795,7 +795,8 @@ static fp_status dgauss_table_n(const fp_dp_dgauss_t *p, src_t *s, int64_t *z, s
             } else if (vec == FP_DP_SIMD_AVX2 && n - i >= TABLE_GROUP) {
                 /* both halves or neither: a failed second half leaves the group to the portable
                  * path, which rewrites the first half's samples identically */
-                if (table_group4_avx2(p, x, e, ad_shr, z + i) == 4 && table_group4_avx2(p, x + 4, e, ad_shr, z + i + 4) == 4) {
+                if (table_group4_avx2(p, x, e, ad_shr, z + i) == 4 &&
+                    table_group4_avx2(p, x + 4, e, ad_shr, z + i + 4) == 4) {
                     i += TABLE_GROUP;
                     continue;
                 }

@@ -57,6 +57,12 @@ for t in test_cuda test_model test_dpsgd test_kernels; do
     echo "gpu-check: $t FAILED:"; grep -E "FAILED|ERROR|error|gpu .* cpu" "$OUT/$t.txt" | head -30; status=1
   fi
 done
+# on a GPU run every parity test must have run: a skip means the CUDA back-end did not start
+if [ "$DEV" = cuda ] && grep -q "SKIPPED" "$OUT/test_cuda.txt"; then
+  echo "gpu-check: test_cuda SKIPPED tests on a GPU run (the CUDA back-end did not start?):"
+  grep -E "SKIPPED|CUDA|device" "$OUT/test_cuda.txt" | head -12
+  status=1
+fi
 grep -E "device auto|worst" "$OUT/test_cuda.txt" | head -40 || true
 
 # where a step's time goes on the GPU (forward, backward, Adam; the DP-SGD step and its noise)

@@ -393,53 +393,61 @@ static void test_attention(void **state)
 {
     (void)state;
     NEED_GPU();
-    enum { U = 40, C = 32, H = 2 };
+    /* head sizes 16, 50 (the Games model: dim 50, 1 head) and 64: the kernels' lane loops over a
+     * head's dimensions run once, twice and twice with a partial second pass */
+    enum { U = 40 };
+    static const int Cs[] = {32, 50, 128}, Hs[] = {2, 1, 2};
     int32_t off[U + 1];
     off[0] = 0;
     for (int u = 0; u < U; u++) /* lengths 1..45, some long (> 32: more than a warp's lanes) */
         off[u + 1] = off[u] + 1 + (int32_t)fp_rng_below(&g_rng, u % 5 == 0 ? 45 : 12);
     const int N = off[U];
-    size_t aoff[U + 1];
-    const size_t A = fp_k_attention_layout(off, U, H, aoff);
-    const size_t NC = (size_t)N * C;
-    float *q = hrand(NC, 1), *k = hrand(NC, 1), *v = hrand(NC, 1), *dout = hrand(NC, 1);
-    float *mk = malloc(A * sizeof *mk);
-    assert_non_null(mk);
-    fp_k_dropout_mask(mk, A, 0.2f, 99);
-    for (int with = 0; with < 2; with++) {
-        float *out = hrand(NC, 1), *att = hrand(A, 1), *attd = hcopy(mk, A), *datt = hrand(A, 1);
-        float *dq = hrand(NC, 1), *dk = hrand(NC, 1), *dv = hrand(NC, 1), *scr = hrand(NC, 1);
-        use(FP_K_DEVICE_CUDA);
-        float *d_q = dcopy(q, NC * 4), *d_k = dcopy(k, NC * 4), *d_v = dcopy(v, NC * 4), *d_do = dcopy(dout, NC * 4);
-        float *d_out = dcopy(out, NC * 4), *d_att = dcopy(att, A * 4), *d_attd = dcopy(attd, A * 4);
-        float *d_datt = dcopy(datt, A * 4), *d_dq = dcopy(dq, NC * 4), *d_dk = dcopy(dk, NC * 4);
-        float *d_dv = dcopy(dv, NC * 4), *d_scr = dcopy(scr, NC * 4);
-        int32_t *d_off = dcopy(off, sizeof off);
-        size_t *d_aoff = dcopy(aoff, sizeof aoff);
-        /* with the mask: attd aliases it, as the model calls it */
-        fp_k_attention_fwd(d_out, d_att, with ? d_attd : NULL, with ? d_attd : NULL, d_q, d_k, d_v, d_off, d_aoff, U,
-                           C, H, d_scr);
-        fp_k_attention_bwd(d_dq, d_dk, d_dv, d_datt, d_do, d_att, with ? d_attd : NULL, d_q, d_k, d_v, d_off, d_aoff,
-                           U, C, H, d_scr);
-        assert_int_equal(fp_k_take_error(), FP_OK);
-        use(FP_K_DEVICE_CPU);
-        fp_k_attention_fwd(out, att, with ? attd : NULL, with ? attd : NULL, q, k, v, off, aoff, U, C, H, scr);
-        fp_k_attention_bwd(dq, dk, dv, datt, dout, att, with ? attd : NULL, q, k, v, off, aoff, U, C, H, scr);
-        assert_int_equal(cmp("att out", d_out, out, NC, RED), 0);
-        assert_int_equal(cmp("att probabilities", d_att, att, A, RED), 0);
-        if (with)
-            assert_int_equal(cmp("att dropped probabilities", d_attd, attd, A, RED), 0);
-        assert_int_equal(cmp("att dq", d_dq, dq, NC, RED), 0);
-        assert_int_equal(cmp("att dk", d_dk, dk, NC, RED), 0);
-        assert_int_equal(cmp("att dv", d_dv, dv, NC, RED), 0);
-        void *dev[] = {d_q, d_k, d_v, d_do, d_out, d_att, d_attd, d_datt, d_dq, d_dk, d_dv, d_scr, d_off, d_aoff};
-        for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
-            fp_k_free(dev[i]);
-        float *host[] = {out, att, attd, datt, dq, dk, dv, scr};
-        for (size_t i = 0; i < sizeof host / sizeof host[0]; i++)
-            free(host[i]);
+    for (int shape = 0; shape < 3; shape++) {
+        const int C = Cs[shape], H = Hs[shape];
+        print_message("  attention: dim %d, %d heads\n", C, H);
+        size_t aoff[U + 1];
+        const size_t A = fp_k_attention_layout(off, U, H, aoff);
+        const size_t NC = (size_t)N * C;
+        float *q = hrand(NC, 1), *k = hrand(NC, 1), *v = hrand(NC, 1), *dout = hrand(NC, 1);
+        float *mk = malloc(A * sizeof *mk);
+        assert_non_null(mk);
+        fp_k_dropout_mask(mk, A, 0.2f, 99);
+        for (int with = 0; with < 2; with++) {
+            float *out = hrand(NC, 1), *att = hrand(A, 1), *attd = hcopy(mk, A), *datt = hrand(A, 1);
+            float *dq = hrand(NC, 1), *dk = hrand(NC, 1), *dv = hrand(NC, 1), *scr = hrand(NC, 1);
+            use(FP_K_DEVICE_CUDA);
+            float *d_q = dcopy(q, NC * 4), *d_k = dcopy(k, NC * 4), *d_v = dcopy(v, NC * 4);
+            float *d_do = dcopy(dout, NC * 4);
+            float *d_out = dcopy(out, NC * 4), *d_att = dcopy(att, A * 4), *d_attd = dcopy(attd, A * 4);
+            float *d_datt = dcopy(datt, A * 4), *d_dq = dcopy(dq, NC * 4), *d_dk = dcopy(dk, NC * 4);
+            float *d_dv = dcopy(dv, NC * 4), *d_scr = dcopy(scr, NC * 4);
+            int32_t *d_off = dcopy(off, sizeof off);
+            size_t *d_aoff = dcopy(aoff, sizeof aoff);
+            /* with the mask: attd aliases it, as the model calls it */
+            fp_k_attention_fwd(d_out, d_att, with ? d_attd : NULL, with ? d_attd : NULL, d_q, d_k, d_v, d_off, d_aoff,
+                               U, C, H, d_scr);
+            fp_k_attention_bwd(d_dq, d_dk, d_dv, d_datt, d_do, d_att, with ? d_attd : NULL, d_q, d_k, d_v, d_off,
+                               d_aoff, U, C, H, d_scr);
+            assert_int_equal(fp_k_take_error(), FP_OK);
+            use(FP_K_DEVICE_CPU);
+            fp_k_attention_fwd(out, att, with ? attd : NULL, with ? attd : NULL, q, k, v, off, aoff, U, C, H, scr);
+            fp_k_attention_bwd(dq, dk, dv, datt, dout, att, with ? attd : NULL, q, k, v, off, aoff, U, C, H, scr);
+            assert_int_equal(cmp("att out", d_out, out, NC, RED), 0);
+            assert_int_equal(cmp("att probabilities", d_att, att, A, RED), 0);
+            if (with)
+                assert_int_equal(cmp("att dropped probabilities", d_attd, attd, A, RED), 0);
+            assert_int_equal(cmp("att dq", d_dq, dq, NC, RED), 0);
+            assert_int_equal(cmp("att dk", d_dk, dk, NC, RED), 0);
+            assert_int_equal(cmp("att dv", d_dv, dv, NC, RED), 0);
+            void *dev[] = {d_q, d_k, d_v, d_do, d_out, d_att, d_attd, d_datt, d_dq, d_dk, d_dv, d_scr, d_off, d_aoff};
+            for (size_t i = 0; i < sizeof dev / sizeof dev[0]; i++)
+                fp_k_free(dev[i]);
+            float *host[] = {out, att, attd, datt, dq, dk, dv, scr};
+            for (size_t i = 0; i < sizeof host / sizeof host[0]; i++)
+                free(host[i]);
+        }
+        free(q), free(k), free(v), free(dout), free(mk);
     }
-    free(q), free(k), free(v), free(dout), free(mk);
 }
 
 static void test_sampled_loss(void **state)
@@ -561,6 +569,97 @@ static void test_user_norms(void **state)
         free(host[i]);
 }
 
+/* More users than a grid's y dimension holds (65,535: a DP-SGD batch of --batch 65536 has ~66,500),
+ * one row each: the per-user column sums on the device against the CPU. */
+static void test_user_colsums_many_users(void **state)
+{
+    (void)state;
+    NEED_GPU();
+    enum { U = 70001, C = 3 };
+    int32_t *off = malloc((U + 1) * sizeof *off);
+    assert_non_null(off);
+    for (int u = 0; u <= U; u++)
+        off[u] = u;
+    float *x = hrand((size_t)U * C, 1), *sc = calloc((size_t)U * C, sizeof *sc);
+    assert_non_null(sc);
+    use(FP_K_DEVICE_CUDA);
+    float *d_x = dcopy(x, (size_t)U * C * 4), *d_s = dcopy(sc, (size_t)U * C * 4);
+    int32_t *d_off = dcopy(off, (U + 1) * sizeof *off);
+    fp_k_user_colsums(d_s, NULL, d_x, NULL, NULL, NULL, d_off, U, C);
+    assert_int_equal(fp_k_take_error(), FP_OK);
+    use(FP_K_DEVICE_CPU);
+    fp_k_user_colsums(sc, NULL, x, NULL, NULL, NULL, off, U, C);
+    assert_int_equal(cmp("user colsums, 70001 users", d_s, sc, (size_t)U * C, 0, 0), 0); /* one row: exact */
+    fp_k_free(d_x), fp_k_free(d_s), fp_k_free(d_off);
+    free(off), free(x), free(sc);
+}
+
+/* Long windows of strongly correlated rows (LayerNorm-like: a common row plus small noise) and
+ * gradients that cancel across rows: the ghost norm's Gram entries are large and the result
+ * small. Both back-ends against the squared norms computed directly in double. */
+static void test_linear_user_sqnorms_long_correlated(void **state)
+{
+    (void)state;
+    enum { U = 3, L = 200, C = 50, OC = 50 };
+    const int N = U * L;
+    int32_t off[U + 1];
+    for (int u = 0; u <= U; u++)
+        off[u] = u * L;
+    float *base = hrand(C, 1), *in = hrand((size_t)N * C, 0.05), *g = hrand((size_t)N * OC, 1);
+    for (int i = 0; i < N; i++)
+        for (int c = 0; c < C; c++)
+            in[(size_t)i * C + c] += base[c];
+    for (int i = 1; i < N; i += 2) /* row pairs that nearly cancel */
+        for (int c = 0; c < OC; c++)
+            g[(size_t)i * OC + c] = -g[(size_t)(i - 1) * OC + c] * 0.999f + 0.01f * (float)fp_rng_normal(&g_rng);
+    double ref[U];
+    for (int u = 0; u < U; u++) { /* ||X^T G||_F^2 + ||column sums of G||^2, directly */
+        double s = 0;
+        for (int o = 0; o < OC; o++) {
+            double b = 0;
+            for (int t = off[u]; t < off[u + 1]; t++)
+                b += (double)g[(size_t)t * OC + o];
+            s += b * b;
+            for (int c = 0; c < C; c++) {
+                double w = 0;
+                for (int t = off[u]; t < off[u + 1]; t++)
+                    w += (double)in[(size_t)t * C + c] * g[(size_t)t * OC + o];
+                s += w * w;
+            }
+        }
+        ref[u] = s;
+    }
+    const float *hg[1] = {g};
+    double acc[U] = {0};
+    float *lsc = malloc((size_t)fp_k_threads() * fp_k_linear_user_sqnorms_scratch(L, C, OC) * sizeof *lsc);
+    assert_non_null(lsc);
+    use(FP_K_DEVICE_CPU);
+    fp_k_linear_user_sqnorms(acc, in, hg, 1, off, U, C, OC, 1, lsc);
+    for (int u = 0; u < U; u++) {
+        print_message("  user %d: cpu %.12g, reference %.12g\n", u, acc[u], ref[u]);
+        assert_true(fabs(acc[u] - ref[u]) <= 1e-6 * ref[u]);
+    }
+    free(lsc);
+    if (g_gpu) {
+        use(FP_K_DEVICE_CUDA);
+        float *d_in = dcopy(in, (size_t)N * C * 4), *d_g = dcopy(g, (size_t)N * OC * 4);
+        int32_t *d_off = dcopy(off, sizeof off);
+        double zero[U] = {0}, *d_acc = dcopy(zero, sizeof zero);
+        const float *dg[1] = {d_g};
+        fp_k_linear_user_sqnorms(d_acc, d_in, dg, 1, d_off, U, C, OC, 1, NULL);
+        assert_int_equal(fp_k_take_error(), FP_OK);
+        for (int u = 0; u < U; u++) {
+            print_message("  user %d: gpu %.12g, reference %.12g\n", u, d_acc[u], ref[u]);
+            assert_true(fabs(d_acc[u] - ref[u]) <= 1e-6 * ref[u]);
+        }
+        fp_k_free(d_in), fp_k_free(d_g), fp_k_free(d_off), fp_k_free(d_acc);
+        use(FP_K_DEVICE_CPU);
+    }
+    free(base), free(in), free(g);
+    if (!g_gpu)
+        NEED_GPU(); /* the CPU half ran; the device half needs a GPU */
+}
+
 /* ------------------------------------------------------------------ whole steps */
 
 enum { SB = 24, ST = 20, SI = 100 };
@@ -642,7 +741,7 @@ static void step_parity(fp_block_kind block)
         print_message("params after 10 steps: %d of %zu outside the bound, largest difference %.3g\n", far, P, worst);
         assert_true(far <= (int)(P / 1000) && worst <= 2 * 1e-3 * 10);
     }
-    /* DP-SGD's clipped gradient (its per-user norms run on the CPU, on the managed arrays) */
+    /* DP-SGD's clipped gradient (its per-user norms run on the device too: the user-norm kernels) */
     double ng[SB], nc[SB], l;
     make_batch(seq, pos, neg);
     fp_rng_t r0, r;
@@ -680,7 +779,9 @@ int main(void)
     const struct CMUnitTest tests[] = {
         cmocka_unit_test(test_device_select), cmocka_unit_test(test_sgemm_linear), cmocka_unit_test(test_layernorm),
         cmocka_unit_test(test_elementwise),   cmocka_unit_test(test_embed_gather), cmocka_unit_test(test_attention),
-        cmocka_unit_test(test_sampled_loss),  cmocka_unit_test(test_user_norms), cmocka_unit_test(test_step_parity),
+        cmocka_unit_test(test_sampled_loss),  cmocka_unit_test(test_user_norms),
+        cmocka_unit_test(test_user_colsums_many_users), cmocka_unit_test(test_linear_user_sqnorms_long_correlated),
+        cmocka_unit_test(test_step_parity),
     };
     return cmocka_run_group_tests(tests, group_setup, NULL);
 }

@@ -53,7 +53,8 @@ static fp_csprng_t *seeded(uint8_t v)
 static void chacha_blocks(const uint8_t key[32], uint32_t first, size_t nblocks, uint8_t *out)
 {
     uint8_t iv[16] = {0}; /* EVP_chacha20: 4-byte little-endian counter, then the nonce */
-    iv[0] = (uint8_t)first, iv[1] = (uint8_t)(first >> 8), iv[2] = (uint8_t)(first >> 16), iv[3] = (uint8_t)(first >> 24);
+    for (int i = 0; i < 4; i++)
+        iv[i] = (uint8_t)(first >> (8 * i));
     uint8_t *zero = calloc(nblocks, 64);
     assert_non_null(zero);
     EVP_CIPHER_CTX *c = EVP_CIPHER_CTX_new();
