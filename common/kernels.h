@@ -132,7 +132,8 @@ void fp_k_scatter_rows_add(float *dsrc, float *dfill, const float *dout, const i
 /* Attention storage for U packed users with H heads: att_off[u] (U+1 entries) is where user
  * u's H probability matrices [H x L x L] start; returns the total (= att_off[U]) in floats. */
 size_t fp_k_attention_layout(const int32_t *off, int U, int H, size_t *att_off);
-/* Causal multi-head self-attention of packed users. q, k, v, out are [N x C] with head h in
+/* Causal multi-head self-attention of packed users (user u's rows are off[u] .. off[u+1] − 1, with
+ * off[0] = 0 and N = off[U]: the CUDA kernels rely on it). q, k, v, out are [N x C] with head h in
  * columns [h*C/H, (h+1)*C/H); scores scaled by 1/sqrt(C/H); att [att_off[U]] receives the
  * softmax probabilities P (row i of a user attends to its rows 0..i; the upper triangle is 0).
  * Dropout on the probabilities (SASRec's): mask [att_off[U]] (same layout as att, e.g. from

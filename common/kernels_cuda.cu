@@ -72,7 +72,17 @@ static void record(const char *what, const char *detail, const char *file, int l
             record(#stmt, cublasGetStatusString(s_), __FILE__, __LINE__);                                            \
     } while (0)
 
-/* After a launch: the launch's own error, then the kernel's (the synchronisation). */
+/* Right after a kernel launch: a launch error (bad configuration, no kernel image) named after
+ * the kernel, so that an entry with several launches says which one failed. */
+#define LAUNCHED(kernel)                                                                                             \
+    do {                                                                                                             \
+        cudaError_t e_ = cudaGetLastError();                                                                         \
+        if (e_ != cudaSuccess)                                                                                       \
+            record("launching " #kernel, cudaGetErrorString(e_), __FILE__, __LINE__);                                \
+    } while (0)
+
+/* After an entry's launches: any launch error left, then the kernels' own (the synchronisation:
+ * a fault inside a kernel is reported here, at the entry's DONE line). */
 #define DONE()                         \
     do {                               \
         CK(cudaGetLastError());        \
@@ -206,8 +216,10 @@ static unsigned blocks_for(size_t n, unsigned t)
 #define LAUNCH_ALL(kernel, work, ...)                                                                                \
     do {                                                                                                             \
         const long long w_ = (long long)(work); /* a negative row count launches nothing */                          \
-        if (w_ > 0)                                                                                                  \
+        if (w_ > 0) {                                                                                                \
             kernel<<<blocks_for((size_t)w_, 256), 256>>>(__VA_ARGS__);                                               \
+            LAUNCHED(kernel);                                                                                        \
+        }                                                                                                            \
         DONE();                                                                                                      \
     } while (0)
 
@@ -265,8 +277,10 @@ static int fp_kcuda_linear_fwd(float *out, const float *in, const float *w, cons
         return 0;
     if (N <= 0)
         return 1;
-    if (b && OC > 0)
+    if (b && OC > 0) {
         k_bias_rows<<<blocks_for((size_t)N * OC, 256), 256>>>(out, b, N, OC);
+        LAUNCHED(k_bias_rows);
+    }
     sgemm(0, 0, N, OC, C, 1.0f, in, C, w, OC, b ? 1.0f : 0.0f, out, OC);
     DONE();
     return 1;
@@ -282,8 +296,10 @@ static int fp_kcuda_linear_bwd(float *din, float *dw, float *db, const float *do
     sgemm(1, 0, C, OC, N, 1.0f, in, C, dout, OC, 1.0f, dw, OC);
     if (din)
         sgemm(0, 1, N, C, OC, 1.0f, dout, OC, w, OC, din_accumulate ? 1.0f : 0.0f, din, C);
-    if (db && OC > 0)
+    if (db && OC > 0) {
         k_colsums<<<(OC + 127) / 128, 128>>>(db, NULL, dout, NULL, NULL, NULL, N, OC);
+        LAUNCHED(k_colsums);
+    }
     DONE();
     return 1;
 }
@@ -351,6 +367,7 @@ static int fp_kcuda_layernorm_fwd(float *out, float *mean, float *rstd, const fl
     if (N <= 0)
         return 1;
     k_ln_fwd<<<(N + 3) / 4, 128>>>(out, mean, rstd, in, g, b, N, C, eps);
+    LAUNCHED(k_ln_fwd);
     DONE();
     return 1;
 }
@@ -363,8 +380,11 @@ static int fp_kcuda_layernorm_bwd(float *din, float *dg, float *db, const float 
     if (N <= 0)
         return 1;
     k_ln_bwd<<<(N + 3) / 4, 128>>>(din, dout, in, g, mean, rstd, N, C);
-    if (C > 0)
+    LAUNCHED(k_ln_bwd);
+    if (C > 0) {
         k_colsums<<<(C + 127) / 128, 128>>>(db, dg, dout, in, mean, rstd, N, C);
+        LAUNCHED(k_colsums);
+    }
     DONE();
     return 1;
 }
@@ -374,8 +394,10 @@ static int fp_kcuda_layernorm_params_bwd(float *dg, float *db, const float *dout
 {
     if (!all_ok({dg, db, dout, in, mean, rstd}))
         return 0;
-    if (N > 0 && C > 0)
+    if (N > 0 && C > 0) {
         k_colsums<<<(C + 127) / 128, 128>>>(db, dg, dout, in, mean, rstd, N, C);
+        LAUNCHED(k_colsums);
+    }
     DONE();
     return 1;
 }
@@ -406,6 +428,7 @@ static int fp_kcuda_dropout_mask(float *mask, size_t n, float p, uint64_t seed)
         return 1;
     const uint32_t thr = (uint32_t)ceil((double)p * 16777216.0); /* as kernels_cpu.c */
     k_dropout<<<blocks_for(n, 256), 256>>>(mask, n, thr, 1.0f / (1.0f - p), seed);
+    LAUNCHED(k_dropout);
     DONE();
     return 1;
 }
@@ -609,6 +632,7 @@ static int fp_kcuda_sumsq(double *out, float *g, const float *x, size_t n, float
     if (nb > SUMSQ_BLOCKS)
         nb = SUMSQ_BLOCKS;
     k_sumsq<<<nb, 256>>>(g_part, g, x, n, coef);
+    LAUNCHED(k_sumsq);
     DONE();
     if (g_failed) /* the partial sums are undefined, and the host may not touch them after a fault */
         return 1;
@@ -808,9 +832,11 @@ static int fp_kcuda_attention_fwd(float *out, float *att, float *attd, const flo
         return 1;
     const int N = off[U]; /* managed: readable here; rows start at 0 (packed) */
     const long long warps = (long long)N * H;
-    if (warps > 0)
+    if (warps > 0) {
         k_att_fwd<<<(unsigned)((warps + 3) / 4), 128>>>(out, att, attd, mask, q, k, v, off, att_off, U, N, C, H,
                                                         1.0f / sqrtf((float)(C / H)));
+        LAUNCHED(k_att_fwd);
+    }
     DONE();
     return 1;
 }
@@ -831,7 +857,9 @@ static int fp_kcuda_attention_bwd(float *dq, float *dk, float *dv, float *datt, 
     if (warps > 0) {
         const unsigned nb = (unsigned)((warps + 3) / 4);
         k_att_bwd_rows<<<nb, 128>>>(dq, datt, dout, att, attd, k, v, off, att_off, U, N, C, H, scale);
+        LAUNCHED(k_att_bwd_rows);
         k_att_bwd_cols<<<nb, 128>>>(dk, dv, datt, attd, q, dout, off, att_off, U, N, C, H, scale);
+        LAUNCHED(k_att_bwd_cols);
     }
     DONE();
     return 1;
@@ -916,6 +944,7 @@ static int fp_kcuda_sampled_loss_fwd(double *total, float *logits, const float *
         g_rowloss_n = (size_t)n;
     }
     k_loss_fwd<<<(unsigned)((n + 3) / 4), 128>>>(g_rowloss, logits, h, items, emb, n, S, C, kind);
+    LAUNCHED(k_loss_fwd);
     DONE();
     if (g_failed)
         return 1;
@@ -930,8 +959,10 @@ static int fp_kcuda_sampled_loss_dlogits(float *logits, int n, int S, int kind, 
 {
     if (!all_ok({logits}))
         return 0;
-    if (n > 0)
+    if (n > 0) {
         k_dlogits<<<blocks_for((size_t)n, 128), 128>>>(logits, n, S, kind, scale);
+        LAUNCHED(k_dlogits);
+    }
     DONE();
     return 1;
 }
@@ -943,8 +974,11 @@ static int fp_kcuda_sampled_scores_bwd(float *dh, float *demb, const float *dz, 
         return 0;
     if (n > 0 && C > 0) {
         k_scores_dh<<<blocks_for((size_t)n * C, 256), 256>>>(dh, dz, items, emb, n, S, C);
-        if (demb && S > 0)
+        LAUNCHED(k_scores_dh);
+        if (demb && S > 0) {
             k_scores_demb<<<blocks_for((size_t)n * S * C, 256), 256>>>(demb, dz, h, items, n, S, C);
+            LAUNCHED(k_scores_demb);
+        }
     }
     DONE();
     return 1;
@@ -1083,8 +1117,10 @@ static int fp_kcuda_user_sqnorms(double *acc, const float *x, const int32_t *off
 {
     if (!all_ok({acc, x, off}))
         return 0;
-    if (U > 0)
+    if (U > 0) {
         k_user_sqnorms<<<U, 256>>>(acc, x, off, C);
+        LAUNCHED(k_user_sqnorms);
+    }
     DONE();
     return 1;
 }
@@ -1094,9 +1130,11 @@ static int fp_kcuda_user_colsums(float *sum, float *sumx, const float *x, const 
 {
     if (!all_ok({sum, sumx, x, sumx ? in : NULL, sumx ? mean : NULL, sumx ? rstd : NULL, off}))
         return 0;
-    if (U > 0 && C > 0)
+    if (U > 0 && C > 0) {
         k_user_colsums<<<dim3((unsigned)U, (unsigned)((C + 127) / 128)), 128>>>(sum, sumx, x, in, mean, rstd, off, U,
                                                                                C);
+        LAUNCHED(k_user_colsums);
+    }
     DONE();
     return 1;
 }
@@ -1112,8 +1150,10 @@ static int fp_kcuda_linear_user_sqnorms(double *acc, const float *in, const floa
             return 0;
         g.d[k] = dout[k];
     }
-    if (U > 0)
+    if (U > 0) {
         k_linear_user_sqnorms<<<U, 256>>>(acc, in, g, n_out, off, C, OC, with_bias ? 1.0f : 0.0f);
+        LAUNCHED(k_linear_user_sqnorms);
+    }
     DONE();
     return 1;
 }
@@ -1124,8 +1164,10 @@ static int fp_kcuda_embed_user_sqnorms(double *acc, const float *dx, const int32
 {
     if (!all_ok({acc, dx, ids, off, dz, h, items, loff}))
         return 0;
-    if (U > 0)
+    if (U > 0) {
         k_embed_user_sqnorms<<<U, 256>>>(acc, dx, ids, scale, off, dz, h, items, loff, S, C);
+        LAUNCHED(k_embed_user_sqnorms);
+    }
     DONE();
     return 1;
 }

@@ -969,6 +969,9 @@ fp_status fp_model_loss_grad_clipped(fp_model_t *m, const fp_batch_t *b, fp_rng_
     memset(m->dp_n2, 0, (size_t)(U > 0 ? U : 1) * sizeof *m->dp_n2);
     if (m->NL > 0)
         dp_norm_pass(m);
+    /* a device error first: after a fault the norms are undefined (and not to be read) */
+    if ((st = fp_k_take_error()) != FP_OK)
+        return st;
     /* clip factors, checked before the grads are touched */
     const double bound = clip * FP_MODEL_CLIP_MARGIN;
     for (int u = 0; u < U; u++) {
