@@ -173,6 +173,23 @@ static const char *const *enum_names(cf_type t, int *count)
     }
 }
 
+/* The named-choice types (enum_names serves them). */
+static int is_enum(cf_type t)
+{
+    return t == CF_LOSS || t == CF_BLOCK || t == CF_FORMAT || t == CF_UNIT || t == CF_FUNIT;
+}
+
+/* The value of name s (n bytes, not necessarily terminated) for named-choice type t; -1 if none. */
+static int enum_index(cf_type t, const char *s, size_t n)
+{
+    int count;
+    const char *const *names = enum_names(t, &count);
+    for (int k = 0; k < count; k++)
+        if (strlen(names[k]) == n && memcmp(names[k], s, n) == 0)
+            return k;
+    return -1;
+}
+
 static int field_index(const char *section, const char *key, size_t key_len)
 {
     for (size_t i = 0; i < N_FIELDS; i++)
@@ -716,8 +733,7 @@ static fp_status enum_field(const char *section, const char *key, const cf_field
     if (i < 0)
         return FP_FAIL(FP_ERR_INVALID, "%.40s.%.40s: no such key", section, key);
     const cf_field *f = &g_fields[i];
-    if (f->type != CF_LOSS && f->type != CF_BLOCK && f->type != CF_FORMAT && f->type != CF_UNIT &&
-        f->type != CF_FUNIT)
+    if (!is_enum(f->type))
         return FP_FAIL(FP_ERR_INVALID, "%s.%s is not a named choice", f->section, f->key);
     *out = f;
     return FP_OK;
@@ -725,13 +741,11 @@ static fp_status enum_field(const char *section, const char *key, const cf_field
 
 static fp_status enum_lookup(const cf_field *f, const char *name, int *value)
 {
-    int count;
-    const char *const *names = enum_names(f->type, &count);
-    for (int k = 0; k < count; k++)
-        if (strcmp(names[k], name) == 0) {
-            *value = k;
-            return FP_OK;
-        }
+    const int k = enum_index(f->type, name, strlen(name));
+    if (k >= 0) {
+        *value = k;
+        return FP_OK;
+    }
     char buf[64];
     return FP_FAIL(FP_ERR_INVALID, "%s.%s: '%s' is not %s", f->section, f->key, printable(name, strlen(name), buf,
                    sizeof buf), type_name(f->type));
@@ -936,13 +950,11 @@ static fp_status set_field(cf_ctx *x, size_t fi, struct fy_node *v, int line)
     case CF_FORMAT:
     case CF_UNIT:
     case CF_FUNIT: {
-        int count;
-        const char *const *names = enum_names(f->type, &count);
-        for (int k = 0; k < count; k++)
-            if (strlen(names[k]) == n && memcmp(names[k], s, n) == 0) {
-                f_set_enum(&x->cfg, f, k);
-                return FP_OK;
-            }
+        const int k = enum_index(f->type, s, n);
+        if (k >= 0) {
+            f_set_enum(&x->cfg, f, k);
+            return FP_OK;
+        }
         return FP_FAIL(FP_ERR_INVALID, "%s:%d: %s: expected %s, got '%s'", x->name, line, what, type_name(f->type),
                        printable(s, n, pb, sizeof pb));
     }
