@@ -801,8 +801,6 @@ void fp_k_attention_bwd(float *dq, float *dk, float *dv, float *datt, const floa
 
 /* ---------------------------------------------------------------- sampled losses */
 
-
-
 static inline float dotf(const float *a, const float *b, int C)
 {
     float s = 0.0f;
